@@ -1,0 +1,34 @@
+"""Partial-LoRA: LoRA adapters pruned, layer by layer, to a sparsity derived from a few examples.
+
+The package reads as the method, in order:
+
+* :mod:`partial_lora.ticket` - per-layer keep ratios from a few labelled examples;
+* :mod:`partial_lora.selection` - which rows and columns each layer keeps;
+* :mod:`partial_lora.layer` - the compact adapter layer;
+* :mod:`partial_lora.surgery` - putting adapters into a model, merging them out;
+* :mod:`partial_lora.io` and :mod:`partial_lora.peft_interop` - saving, loading, PEFT folders;
+* :mod:`partial_lora.training` and :mod:`partial_lora.cli` - training and the command line.
+"""
+
+from .config import PartialLoraConfig
+from .io import AdapterFileError, load, save
+from .layer import PartialLoraLayer
+from .peft_interop import export_peft, import_peft
+from .surgery import adapter_layers, apply, disable_adapters, merge, trainable_parameters
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdapterFileError",
+    "PartialLoraConfig",
+    "PartialLoraLayer",
+    "adapter_layers",
+    "apply",
+    "disable_adapters",
+    "export_peft",
+    "import_peft",
+    "load",
+    "merge",
+    "save",
+    "trainable_parameters",
+]

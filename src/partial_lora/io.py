@@ -1,0 +1,387 @@
+"""Saving and loading compact Partial-LoRA adapters.
+
+A folder holds two files:
+
+* ``adapter_model.safetensors``: per adapted layer ``adapters.<module>.lora_A`` ``[r, |C|]``,
+  ``.lora_B`` ``[|R|, r]``, ``.lora_rows`` and ``.lora_columns`` (``int64``), and for every
+  module trained in full ``modules_to_save.<module>.<tensor>``.
+* ``adapter_config.json``: the config, every layer's kind, shape, rank and kept counts, a
+  fingerprint of the base layers' shapes, a checksum of the base weights, and the sha256 of
+  the tensor file (so a half-written pair is detected).
+
+Each file is written to a temporary name, flushed to disk and renamed into place. Loading
+checks everything against the base model before changing it; a damaged or mismatched
+folder raises :class:`AdapterFileError` and leaves the base untouched. Only safetensors is
+read; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .config import PartialLoraConfig
+from .layer import PartialLoraLayer, base_shape, is_supported
+from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+FORMAT = "partial-lora"
+FORMAT_VERSION = 1
+UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+class AdapterFileError(ValueError):
+    """An adapter folder that is missing, damaged, or made for another base model."""
+
+
+# -- writing ---------------------------------------------------------------------------
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
+    """Write a safetensors file atomically; returns its sha256."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temporary, metadata=metadata)
+        with open(temporary, "rb+") as stream:
+            os.fsync(stream.fileno())
+        digest = file_sha256(Path(temporary))
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+        return digest
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None) -> Path:
+    """Save the adapters (and ``modules_to_save``) of ``model`` to ``directory``.
+
+    Args:
+        model: a model changed by :func:`partial_lora.apply` or :func:`partial_lora.load`.
+        directory: created if needed; an existing adapter there is replaced.
+        metadata: optional JSON-able facts recorded in the config (e.g. the training run).
+    """
+    layers = adapter_layers(model)
+    config = getattr(model, CONFIG_ATTRIBUTE, None)
+    if not layers or config is None:
+        raise ValueError("the model has no Partial-LoRA adapters to save; call partial_lora.apply(model, config) first")
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("some adapters are merged into their base weights; unmerge() them before saving")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    layer_info = {}
+    for name, layer in layers.items():
+        tensors[f"adapters.{name}.lora_A"] = layer.lora_A
+        tensors[f"adapters.{name}.lora_B"] = layer.lora_B
+        tensors[f"adapters.{name}.lora_rows"] = layer.lora_rows
+        tensors[f"adapters.{name}.lora_columns"] = layer.lora_columns
+        layer_info[name] = {
+            "kind": "conv1x1" if layer.is_conv else "linear",
+            "shape": [layer.out_features, layer.in_features],
+            "rank": layer.r,
+            "alpha": layer.alpha,
+            "rows": len(layer.lora_rows),
+            "columns": len(layer.lora_columns),
+            "dtype": str(layer.lora_A.dtype).removeprefix("torch."),
+        }
+    saved_info = {}
+    for name, module in modules_to_save(model).items():
+        state = module.state_dict()
+        saved_info[name] = {key: list(value.shape) for key, value in state.items()}
+        for key, value in state.items():
+            tensors[f"modules_to_save.{name}.{key}"] = value
+    digest = atomic_save_tensors(tensors, directory / WEIGHTS_NAME, metadata={"format": FORMAT})
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "layers": layer_info,
+        "modules_to_save": saved_info,
+        "base_fingerprint": shape_fingerprint({n: (i["kind"], *i["shape"]) for n, i in layer_info.items()}),
+        "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
+        "base_model": _name_or_path(model),
+        "trainable_parameters": sum(l.lora_A.numel() + l.lora_B.numel() for l in layers.values()),
+        "weights_sha256": digest,
+        "metadata": dict(metadata or {}),
+    }
+    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    return directory
+
+
+def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
+    """sha256 of the sorted ``(module name, kind, out, in)`` list of the adapted base layers."""
+    rows = sorted([name, *map(str, shape)] for name, shape in shapes.items())
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+
+def weight_checksum(weight: torch.Tensor) -> float:
+    """Mean absolute value of a base weight (float64), a cheap check that it is the same model."""
+    return float(weight.detach().to(torch.float64).abs().mean())
+
+
+def _name_or_path(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None) or None
+
+
+# -- reading ---------------------------------------------------------------------------
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed ``adapter_config.json`` of a Partial-LoRA folder (checked for structure)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise AdapterFileError(f"adapter folder {str(directory)!r} does not exist; check the path")
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise AdapterFileError(f"{config_path} is missing: not a Partial-LoRA adapter folder (save one with partial_lora.save)")
+    try:
+        document = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterFileError(f"{config_path} is not valid JSON ({err}); the file is damaged, save the adapter again") from None
+    if not isinstance(document, dict):
+        raise AdapterFileError(f"{config_path} must hold a JSON object")
+    if document.get("peft_type") is not None and document.get("format") != FORMAT:
+        raise AdapterFileError(f"{directory} is a PEFT adapter folder; read it with partial_lora.import_peft(model, folder)")
+    if document.get("format") != FORMAT:
+        raise AdapterFileError(f"{config_path} is not a Partial-LoRA adapter config (format={document.get('format')!r})")
+    if document.get("format_version") != FORMAT_VERSION:
+        raise AdapterFileError(
+            f"{config_path} has format_version {document.get('format_version')!r}; this partial-lora reads {FORMAT_VERSION}"
+        )
+    for key, kind in (("config", dict), ("layers", dict), ("modules_to_save", dict), ("weights_sha256", str)):
+        if not isinstance(document.get(key), kind):
+            raise AdapterFileError(f"{config_path}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
+    try:
+        document["config"] = PartialLoraConfig.from_dict(document["config"])
+    except (TypeError, ValueError) as err:
+        raise AdapterFileError(f"{config_path}: invalid config: {err}") from None
+    for name, info in document["layers"].items():
+        _check_layer_info(config_path, name, info)
+    return document
+
+
+def _check_layer_info(config_path: Path, name: str, info: Any) -> None:
+    ok = (
+        isinstance(info, dict)
+        and info.get("kind") in ("linear", "conv1x1")
+        and isinstance(info.get("shape"), list) and len(info["shape"]) == 2
+        and all(_positive_int(v) for v in info["shape"])
+        and all(_positive_int(info.get(k)) for k in ("rank", "rows", "columns"))
+        and isinstance(info.get("alpha"), (int, float)) and info["alpha"] > 0
+    )
+    if not ok:
+        raise AdapterFileError(f"{config_path}: the entry for layer {name!r} is malformed: {info!r}")
+    if info["rows"] > info["shape"][0] or info["columns"] > info["shape"][1]:
+        raise AdapterFileError(f"{config_path}: layer {name!r} keeps more rows/columns than it has")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, refusing anything else and checking its checksum."""
+    path = Path(path)
+    if not path.is_file():
+        offered = [p.name for p in path.parent.glob("*") if p.suffix in UNSAFE_SUFFIXES]
+        hint = f" (found {offered}: pickle-based files are never read; convert them to safetensors)" if offered else ""
+        raise AdapterFileError(f"{path} is missing{hint}")
+    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+        raise AdapterFileError(
+            f"{path} does not match its adapter_config.json (sha256 differs): the folder was changed or written "
+            "only in part; restore it or save the adapter again"
+        )
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+        return tensors
+    except Exception as err:  # safetensors raises its own error types for damaged headers
+        raise AdapterFileError(f"{path} is not a readable safetensors file ({err}); the file is damaged") from None
+
+
+def load(
+    base_model: nn.Module,
+    directory: str | os.PathLike,
+    *,
+    trainable: bool = False,
+    check_base_weights: bool = True,
+) -> nn.Module:
+    """Load a saved adapter into ``base_model`` (changed in place and returned).
+
+    Everything is verified first: every adapted layer exists in the base with the recorded
+    type and shape, tensor shapes and dtypes fit, indices are sorted, unique and in range,
+    and (unless ``check_base_weights=False``) the base weights are the ones the adapter was
+    trained on. Only then is the model changed.
+
+    Args:
+        trainable: keep the adapter tensors (and saved modules) trainable, e.g. to resume training.
+        check_base_weights: compare a checksum of each adapted base weight with the saved one.
+    """
+    directory = Path(directory)
+    document = read_config(directory)
+    tensors = read_tensors(directory / WEIGHTS_NAME, document["weights_sha256"])
+    config: PartialLoraConfig = document["config"]
+    if adapter_layers(base_model):
+        raise ValueError("the base model already has Partial-LoRA adapters; load into a fresh base model")
+    indices, values = _verify_layers(base_model, document, tensors, check_base_weights)
+    saved = _verify_saved_modules(base_model, document, tensors)
+    known = set(values) | {f"adapters.{n}.lora_{k}" for n in indices for k in ("rows", "columns")}
+    known |= {f"modules_to_save.{m}.{t}" for m, t in saved}
+    unknown = sorted(set(tensors) - known)
+    if unknown:
+        raise AdapterFileError(f"{directory / WEIGHTS_NAME} holds unexpected tensors {unknown[:3]}; the file is not this adapter's")
+    # Everything checked: now change the model.
+    layers = inject(base_model, config, indices)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.lora_A.copy_(values[f"adapters.{name}.lora_A"])
+            layer.lora_B.copy_(values[f"adapters.{name}.lora_B"])
+            layer.lora_A.requires_grad_(trainable)
+            layer.lora_B.requires_grad_(trainable)
+        for (module_name, tensor_name), value in saved.items():
+            base_model.get_submodule(module_name).state_dict()[tensor_name].copy_(value)
+        if trainable:
+            for name in document["modules_to_save"]:
+                base_model.get_submodule(name).requires_grad_(True)
+    return base_model
+
+
+def _verify_layers(model, document, tensors, check_base_weights):
+    modules = dict(model.named_modules())
+    checksums = document.get("base_weight_checksums", {})
+    indices, values = {}, {}
+    shapes = {}
+    for name, info in document["layers"].items():
+        module = modules.get(name)
+        if module is None:
+            raise AdapterFileError(
+                f"the adapter adapts layer {name!r}, which this base model ({type(model).__name__}) does not have; "
+                f"it was made for {document.get('base_model') or 'another model'}"
+            )
+        if not is_supported(module):
+            raise AdapterFileError(f"layer {name!r} of the base model is a {type(module).__name__}, not a layer Partial-LoRA adapts")
+        kind = "conv1x1" if isinstance(module, nn.Conv2d) else "linear"
+        shape = list(base_shape(module))
+        if kind != info["kind"] or shape != info["shape"]:
+            raise AdapterFileError(
+                f"layer {name!r}: the adapter expects a {info['kind']} of shape {info['shape']} (out, in), the base has a "
+                f"{kind} of shape {shape}; this adapter was made for another model"
+            )
+        shapes[name] = (kind, *shape)
+        if check_base_weights and name in checksums:
+            have, want = weight_checksum(module.weight), float(checksums[name])
+            if abs(have - want) > 1e-3 * max(abs(want), 1e-12):
+                raise AdapterFileError(
+                    f"layer {name!r}: the base weights differ from those the adapter was trained on (mean |w| "
+                    f"{have:.6g} vs {want:.6g}); load the right base model, or pass check_base_weights=False"
+                )
+        rank, rows, columns = info["rank"], info["rows"], info["columns"]
+        expected = {"lora_A": (rank, columns), "lora_B": (rows, rank), "lora_rows": (rows,), "lora_columns": (columns,)}
+        for part, want_shape in expected.items():
+            key = f"adapters.{name}.{part}"
+            tensor = tensors.get(key)
+            if tensor is None:
+                raise AdapterFileError(f"tensor {key!r} is missing from {WEIGHTS_NAME}; the file is damaged or incomplete")
+            if tuple(tensor.shape) != want_shape:
+                raise AdapterFileError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected {want_shape}")
+            integer = part in ("lora_rows", "lora_columns")
+            if integer and tensor.dtype != torch.int64:
+                raise AdapterFileError(f"tensor {key!r} must be int64 indices, got {tensor.dtype}")
+            if not integer and not tensor.dtype.is_floating_point:
+                raise AdapterFileError(f"tensor {key!r} must be floating point, got {tensor.dtype}")
+            if not integer and not bool(torch.isfinite(tensor).all()):
+                raise AdapterFileError(f"tensor {key!r} contains NaN or infinite values")
+        row_index = tensors[f"adapters.{name}.lora_rows"]
+        column_index = tensors[f"adapters.{name}.lora_columns"]
+        for what, index, size in (("rows", row_index, shape[0]), ("columns", column_index, shape[1])):
+            if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
+                raise AdapterFileError(f"layer {name!r}: {what} indices fall outside [0, {size - 1}]; the file is damaged")
+            if index.numel() > 1 and not bool((index[1:] > index[:-1]).all()):
+                raise AdapterFileError(f"layer {name!r}: {what} indices are not sorted and unique; the file is damaged")
+        expected_rank = document["config"].rank_for(name)
+        if expected_rank != rank:
+            raise AdapterFileError(f"layer {name!r}: rank {rank} disagrees with the config's rank {expected_rank}")
+        indices[name] = (row_index, column_index)
+        values[f"adapters.{name}.lora_A"] = tensors[f"adapters.{name}.lora_A"]
+        values[f"adapters.{name}.lora_B"] = tensors[f"adapters.{name}.lora_B"]
+    fingerprint = document.get("base_fingerprint")
+    if fingerprint is not None and fingerprint != shape_fingerprint(shapes):
+        raise AdapterFileError("the base model's layer fingerprint differs from the one recorded; the config is damaged")
+    return indices, values
+
+
+def _verify_saved_modules(model, document, tensors):
+    modules = dict(model.named_modules())
+    saved = {}
+    for name, entries in document["modules_to_save"].items():
+        module = modules.get(name)
+        if module is None or not isinstance(entries, dict):
+            raise AdapterFileError(f"the adapter saves module {name!r}, which the base model does not have")
+        state = module.state_dict()
+        for tensor_name, shape in entries.items():
+            key = f"modules_to_save.{name}.{tensor_name}"
+            if tensor_name not in state:
+                raise AdapterFileError(f"module {name!r} of the base has no tensor {tensor_name!r}")
+            tensor = tensors.get(key)
+            if tensor is None:
+                raise AdapterFileError(f"tensor {key!r} is missing from {WEIGHTS_NAME}")
+            if list(tensor.shape) != list(state[tensor_name].shape) or list(tensor.shape) != list(shape):
+                raise AdapterFileError(
+                    f"tensor {key!r} has shape {list(tensor.shape)}, the base model's {name}.{tensor_name} is "
+                    f"{list(state[tensor_name].shape)}; e.g. a head for another number of labels"
+                )
+            if tensor.dtype.is_floating_point != state[tensor_name].dtype.is_floating_point:
+                raise AdapterFileError(f"tensor {key!r} has dtype {tensor.dtype}, the base has {state[tensor_name].dtype}")
+            if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+                raise AdapterFileError(f"tensor {key!r} contains NaN or infinite values")
+            saved[(name, tensor_name)] = tensor
+    return saved

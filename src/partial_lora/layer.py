@@ -1,0 +1,211 @@
+"""The compact Partial-LoRA layer.
+
+A frozen linear map ``W`` (``m`` outputs x ``n`` inputs) gets the update
+
+    dW = (alpha / r) * diag(u_row) @ B @ A @ diag(u_col)
+
+stored compactly: only the kept rows ``R`` of ``B`` and the kept columns ``C`` of ``A`` exist,
+
+    y = W x + b + scatter_R( B_R @ (A_C @ x[C]) ) * alpha / r
+
+so parameters, gradients, optimizer state and files shrink by the keep ratio. With every
+row and column kept the layer is exactly LoRA.
+
+The layer owns the base ``weight`` and ``bias`` (the same ``Parameter`` objects the replaced
+module had), so a model's state-dict keys for its base weights do not change.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SUPPORTED = "nn.Linear and pointwise (1x1, groups=1) nn.Conv2d"
+
+
+def is_supported(module: nn.Module) -> bool:
+    """Whether ``module`` can carry a Partial-LoRA adapter."""
+    if type(module) is nn.Linear:
+        return True
+    if type(module) is nn.Conv2d:
+        return module.kernel_size == (1, 1) and module.groups == 1 and module.padding_mode == "zeros"
+    return False
+
+
+def base_shape(module: nn.Module) -> tuple[int, int]:
+    """``(out_features, in_features)`` of a supported module (or of a Partial-LoRA layer)."""
+    if isinstance(module, PartialLoraLayer):
+        return module.out_features, module.in_features
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels, module.in_channels
+    raise TypeError(f"{type(module).__name__} is not supported; Partial-LoRA adapts {SUPPORTED}")
+
+
+class PartialLoraLayer(nn.Module):
+    """A frozen linear (or 1x1 convolution) layer plus a compact low-rank update.
+
+    Args:
+        base: the ``nn.Linear`` or 1x1 ``nn.Conv2d`` to adapt; its weight and bias are taken over.
+        rows: sorted ``int64`` indices of the kept output features ``R`` (length ``|R|``).
+        columns: sorted ``int64`` indices of the kept input features ``C`` (length ``|C|``).
+        r: rank.
+        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: dropout probability on the adapter's input.
+        generator: optional generator for the initialisation of ``lora_A``.
+
+    Trainable tensors: ``lora_A`` ``[r, |C|]`` (Kaiming-uniform like LoRA) and ``lora_B``
+    ``[|R|, r]`` (zeros, so the adapted model starts equal to the base).
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        rows: torch.Tensor,
+        columns: torch.Tensor,
+        r: int,
+        alpha: float,
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        if not is_supported(base):
+            raise TypeError(f"cannot adapt {type(base).__name__}: Partial-LoRA adapts {SUPPORTED}")
+        self.is_conv = isinstance(base, nn.Conv2d)
+        self.out_features, self.in_features = base_shape(base)
+        self.weight = base.weight
+        self.bias = base.bias
+        if self.is_conv:
+            self.stride, self.padding, self.dilation = base.stride, base.padding, base.dilation
+        rows = _check_indices("rows", rows, self.out_features)
+        columns = _check_indices("columns", columns, self.in_features)
+        self.r = int(r)
+        self.alpha = float(alpha)
+        self.scaling = self.alpha / self.r
+        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
+        if not self.weight.dtype.is_floating_point:
+            factory["dtype"] = torch.float32
+        self.lora_A = nn.Parameter(torch.empty(self.r, len(columns), **factory))
+        self.lora_B = nn.Parameter(torch.zeros(len(rows), self.r, **factory))
+        self.register_buffer("lora_rows", rows.to(self.weight.device))
+        self.register_buffer("lora_columns", columns.to(self.weight.device))
+        self.all_rows = len(rows) == self.out_features
+        self.all_columns = len(columns) == self.in_features
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.merged = False
+        self.adapter_enabled = True
+        self.reset_lora_parameters(generator)
+
+    # -- parameters ----------------------------------------------------------------------
+    def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
+        """``A ~ U(-1/sqrt(|C|), 1/sqrt(|C|))`` (PyTorch's Kaiming-uniform with a=sqrt(5)), ``B = 0``."""
+        bound = 1.0 / math.sqrt(self.lora_A.shape[1])
+        with torch.no_grad():
+            values = torch.rand(self.lora_A.shape, generator=generator, dtype=torch.float64)
+            self.lora_A.copy_((values * 2 - 1) * bound)
+            self.lora_B.zero_()
+
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return [self.lora_A, self.lora_B]
+
+    @property
+    def keep_ratio(self) -> float:
+        """Trainable parameters relative to a dense LoRA layer of the same rank."""
+        return (len(self.lora_rows) + len(self.lora_columns)) / (self.out_features + self.in_features)
+
+    # -- forward -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.is_conv:
+            result = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        else:
+            result = F.linear(x, self.weight, self.bias)
+        if self.merged or not self.adapter_enabled:
+            return result
+        return self._add_update(result, x)
+
+    def _add_update(self, result: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        feature_dim = 1 if self.is_conv else -1
+        x = x.to(self.lora_A.dtype)
+        if not self.all_columns:
+            x = x.index_select(feature_dim, self.lora_columns)
+        x = self.lora_dropout(x)
+        if self.is_conv:
+            hidden = F.conv2d(x, self.lora_A[:, :, None, None], None, self.stride, self.padding, self.dilation)
+            update = F.conv2d(hidden, self.lora_B[:, :, None, None] * self.scaling)
+        else:
+            update = F.linear(F.linear(x, self.lora_A), self.lora_B * self.scaling)
+        update = update.to(result.dtype)
+        if self.all_rows:
+            return result + update
+        return result.index_add(feature_dim, self.lora_rows, update)
+
+    # -- the update as a matrix, merge ---------------------------------------------------
+    def compact_delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(alpha / r) * B_R @ A_C`` as a ``[|R|, |C|]`` matrix (the nonzero block of dW)."""
+        return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The dense update ``dW`` with the base weight's shape (zeros outside ``R x C``)."""
+        dtype = dtype or self.lora_A.dtype
+        delta = torch.zeros(self.out_features, self.in_features, dtype=dtype, device=self.lora_A.device)
+        delta[self.lora_rows[:, None], self.lora_columns[None, :]] = self.compact_delta(dtype)
+        return delta[:, :, None, None] if self.is_conv else delta
+
+    def merge(self) -> None:
+        """Fold the update into ``weight`` (computed in float32 whatever the weight's dtype)."""
+        if not self.merged:
+            self._fold(+1.0)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        """Undo :meth:`merge` (exact in float32/float64 up to rounding of one add and subtract)."""
+        if self.merged:
+            self._fold(-1.0)
+            self.merged = False
+
+    @torch.no_grad()
+    def _fold(self, sign: float) -> None:
+        compute = torch.float64 if self.weight.dtype == torch.float64 else torch.float32
+        weight = self.weight.data.view(self.out_features, self.in_features)
+        block = weight[self.lora_rows[:, None], self.lora_columns[None, :]].to(compute)
+        block += sign * self.compact_delta(compute)
+        weight[self.lora_rows[:, None], self.lora_columns[None, :]] = block.to(weight.dtype)
+
+    def to_base(self) -> nn.Module:
+        """A plain ``nn.Linear``/``nn.Conv2d`` with this layer's current (merged or not) weight."""
+        if self.is_conv:
+            module = nn.Conv2d(
+                self.in_features, self.out_features, 1, self.stride, self.padding, self.dilation,
+                bias=self.bias is not None, device="meta",
+            )
+        else:
+            module = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        module.weight = self.weight
+        module.bias = self.bias
+        return module
+
+    def extra_repr(self) -> str:
+        kind = "conv1x1" if self.is_conv else "linear"
+        return (
+            f"{kind}, in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha:g}, "
+            f"rows={len(self.lora_rows)}/{self.out_features}, columns={len(self.lora_columns)}/{self.in_features}"
+            + (", merged" if self.merged else "")
+        )
+
+
+def _check_indices(what: str, indices: torch.Tensor, size: int) -> torch.Tensor:
+    indices = torch.as_tensor(indices)
+    if indices.dtype not in (torch.int64, torch.int32) or indices.dim() != 1:
+        raise ValueError(f"{what} must be a 1-D integer tensor, got {indices.dtype} of shape {tuple(indices.shape)}")
+    indices = indices.to(torch.int64).cpu()
+    if len(indices) == 0 or len(indices) > size:
+        raise ValueError(f"{what}: keep between 1 and {size} indices, got {len(indices)}")
+    if indices.min() < 0 or indices.max() >= size:
+        raise ValueError(f"{what}: indices must lie in [0, {size - 1}], got [{int(indices.min())}, {int(indices.max())}]")
+    if len(indices) > 1 and not bool((indices[1:] > indices[:-1]).all()):
+        raise ValueError(f"{what}: indices must be sorted and unique")
+    return indices
