@@ -3,8 +3,9 @@
 A folder holds two files:
 
 * ``adapter_model.safetensors``: per adapted layer ``adapters.<module>.lora_A`` ``[r, |C|]``,
-  ``.lora_B`` ``[|R|, r]``, ``.lora_rows`` and ``.lora_columns`` (``int64``), and for every
-  module trained in full ``modules_to_save.<module>.<tensor>``.
+  ``.lora_B`` ``[|R|, r]``, ``.lora_rows`` and ``.lora_columns`` (``int32``; left out when the
+  layer keeps every row, or every column), and for every module trained in full
+  ``modules_to_save.<module>.<tensor>``.
 * ``adapter_config.json``: the config, every layer's kind, shape, rank and kept counts, a
   fingerprint of the base layers' shapes, a checksum of the base weights, and the sha256 of
   the tensor file (so a half-written pair is detected).
@@ -121,8 +122,11 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
     for name, layer in layers.items():
         tensors[f"adapters.{name}.lora_A"] = layer.lora_A
         tensors[f"adapters.{name}.lora_B"] = layer.lora_B
-        tensors[f"adapters.{name}.lora_rows"] = layer.lora_rows
-        tensors[f"adapters.{name}.lora_columns"] = layer.lora_columns
+        # Indices go to disk as int32, and not at all when every row (column) is kept.
+        if not layer.all_rows:
+            tensors[f"adapters.{name}.lora_rows"] = layer.lora_rows.to(torch.int32)
+        if not layer.all_columns:
+            tensors[f"adapters.{name}.lora_columns"] = layer.lora_columns.to(torch.int32)
         layer_info[name] = {
             "kind": "conv1x1" if layer.is_conv else "linear",
             "shape": [layer.out_features, layer.in_features],
@@ -326,22 +330,25 @@ def _verify_layers(model, document, tensors, check_base_weights):
                 )
         rank, rows, columns = info["rank"], info["rows"], info["columns"]
         expected = {"lora_A": (rank, columns), "lora_B": (rows, rank), "lora_rows": (rows,), "lora_columns": (columns,)}
+        full = {"lora_rows": rows == shape[0], "lora_columns": columns == shape[1]}
         for part, want_shape in expected.items():
             key = f"adapters.{name}.{part}"
             tensor = tensors.get(key)
+            if tensor is None and full.get(part):
+                continue  # every row (column) kept: no index tensor is stored
             if tensor is None:
                 raise AdapterFileError(f"tensor {key!r} is missing from {WEIGHTS_NAME}; the file is damaged or incomplete")
             if tuple(tensor.shape) != want_shape:
                 raise AdapterFileError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected {want_shape}")
             integer = part in ("lora_rows", "lora_columns")
-            if integer and tensor.dtype != torch.int64:
-                raise AdapterFileError(f"tensor {key!r} must be int64 indices, got {tensor.dtype}")
+            if integer and tensor.dtype not in (torch.int32, torch.int64):
+                raise AdapterFileError(f"tensor {key!r} must be int32 or int64 indices, got {tensor.dtype}")
             if not integer and not tensor.dtype.is_floating_point:
                 raise AdapterFileError(f"tensor {key!r} must be floating point, got {tensor.dtype}")
             if not integer and not bool(torch.isfinite(tensor).all()):
                 raise AdapterFileError(f"tensor {key!r} contains NaN or infinite values")
-        row_index = tensors[f"adapters.{name}.lora_rows"]
-        column_index = tensors[f"adapters.{name}.lora_columns"]
+        row_index = tensors.get(f"adapters.{name}.lora_rows", torch.arange(shape[0])).to(torch.int64)
+        column_index = tensors.get(f"adapters.{name}.lora_columns", torch.arange(shape[1])).to(torch.int64)
         for what, index, size in (("rows", row_index, shape[0]), ("columns", column_index, shape[1])):
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= size):
                 raise AdapterFileError(f"layer {name!r}: {what} indices fall outside [0, {size - 1}]; the file is damaged")

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny randomly initialised models of the real architectures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def tiny_bert(num_labels: int = 3, seed: int = 0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_vit(num_labels: int = 4, seed: int = 0):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, num_labels=num_labels,
+    )
+    return ViTForImageClassification(config).eval()
+
+
+def tiny_deberta(num_labels: int = 3, seed: int = 0):
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = DebertaV2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+        relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"],
+    )
+    return DebertaV2ForSequenceClassification(config).eval()
+
+
+@pytest.fixture
+def bert_factory():
+    return tiny_bert
+
+
+def token_batch(batch: int = 2, length: int = 7, vocab: int = 100, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, vocab, (batch, length), generator=generator)}
+
+
+def randomize_adapters(model, seed: int = 1) -> None:
+    """Give every adapter a nonzero B, so the update is visible in outputs."""
+    import partial_lora
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in partial_lora.adapter_layers(model).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator, dtype=torch.float64) * 0.1)

@@ -1,0 +1,148 @@
+"""Exact numeric checks of the compact layer against a dense masked LoRA (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from partial_lora import PartialLoraLayer
+from partial_lora.selection import layer_generator, select_rows_and_columns
+
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def make_layer(base: nn.Module, keep: float, r: int = 4, alpha: float = 8.0, seed: int = 0):
+    out_features = base.weight.shape[0]
+    in_features = base.weight.shape[1]
+    rows, columns = select_rows_and_columns("layer", (out_features, in_features), keep, "random", seed)
+    layer = PartialLoraLayer(base, rows, columns, r=r, alpha=alpha, generator=layer_generator(seed, "layer", "init"))
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape))
+    return layer
+
+
+def dense_reference(layer: PartialLoraLayer):
+    """Leaf tensors A_full [r, n], B_full [m, r] and the 0/1 masks u_row [m], u_col [n]."""
+    A_full = torch.zeros(layer.r, layer.in_features)
+    B_full = torch.zeros(layer.out_features, layer.r)
+    A_full[:, layer.lora_columns] = layer.lora_A.detach()
+    B_full[layer.lora_rows] = layer.lora_B.detach()
+    u_row = torch.zeros(layer.out_features)
+    u_col = torch.zeros(layer.in_features)
+    u_row[layer.lora_rows] = 1
+    u_col[layer.lora_columns] = 1
+    return A_full.requires_grad_(), B_full.requires_grad_(), u_row, u_col
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.5, 0.13])
+def test_compact_linear_equals_dense_masked_lora_outputs_and_gradients(keep):
+    torch.manual_seed(0)
+    base = nn.Linear(24, 40)
+    layer = make_layer(base, keep)
+    A_full, B_full, u_row, u_col = dense_reference(layer)
+    x = torch.randn(3, 5, 24)
+    probe = torch.randn(3, 5, 40)
+
+    y = layer(x)
+    delta = torch.diag(u_row) @ B_full @ A_full @ torch.diag(u_col) * layer.scaling
+    y_ref = x @ (base.weight + delta).T + base.bias
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+
+    (y * probe).sum().backward()
+    (y_ref * probe).sum().backward()
+    torch.testing.assert_close(layer.lora_A.grad, A_full.grad[:, layer.lora_columns], rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.lora_B.grad, B_full.grad[layer.lora_rows], rtol=0, atol=1e-12)
+    # The dense reference puts no gradient outside the kept block.
+    assert A_full.grad[:, u_col == 0].abs().max() == 0 if keep < 1 else True
+    torch.testing.assert_close(layer.delta_weight(), delta.detach(), rtol=0, atol=1e-12)
+
+
+def test_compact_pointwise_conv_equals_dense_masked_reference():
+    torch.manual_seed(1)
+    base = nn.Conv2d(12, 20, kernel_size=1, stride=2, padding=1)
+    layer = make_layer(base, 0.4)
+    A_full, B_full, u_row, u_col = dense_reference(layer)
+    x = torch.randn(2, 12, 7, 7)
+    y = layer(x)
+    delta = (torch.diag(u_row) @ B_full @ A_full @ torch.diag(u_col) * layer.scaling)[:, :, None, None]
+    y_ref = nn.functional.conv2d(x, base.weight + delta, base.bias, stride=2, padding=1)
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=1e-12)
+    probe = torch.randn_like(y)
+    (y * probe).sum().backward()
+    (y_ref * probe).sum().backward()
+    torch.testing.assert_close(layer.lora_A.grad, A_full.grad[:, layer.lora_columns], rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.lora_B.grad, B_full.grad[layer.lora_rows], rtol=0, atol=1e-12)
+
+
+def test_keep_ratio_one_is_exactly_peft_lora():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Linear(16, 16))
+    layer = make_layer(nn.Linear(16, 16), 1.0, r=4, alpha=8.0)
+    with torch.no_grad():
+        layer.weight.copy_(net[0].weight)
+        layer.bias.copy_(net[0].bias)
+    peft_model = get_peft_model(net, LoraConfig(r=4, lora_alpha=8, target_modules=["0"]))
+    peft_layer = peft_model.base_model.model[0]
+    with torch.no_grad():
+        peft_layer.lora_A["default"].weight.copy_(layer.lora_A)
+        peft_layer.lora_B["default"].weight.copy_(layer.lora_B)
+    x = torch.randn(4, 16)
+    torch.testing.assert_close(layer(x), peft_model(x), rtol=0, atol=1e-12)
+
+
+def test_merge_then_unmerge_is_exact_and_merged_forward_matches():
+    torch.manual_seed(3)
+    base = nn.Linear(30, 18)
+    original = base.weight.detach().clone()
+    layer = make_layer(base, 0.3)
+    x = torch.randn(6, 30)
+    before = layer(x)
+    layer.merge()
+    assert layer.merged
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer.weight, original + layer.delta_weight(), rtol=0, atol=1e-12)
+    layer.unmerge()
+    torch.testing.assert_close(layer.weight, original, rtol=0, atol=1e-12)
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=1e-12)
+
+
+def test_half_precision_merge_is_computed_in_float32():
+    torch.manual_seed(4)
+    base = nn.Linear(64, 64).to(torch.bfloat16)
+    layer = make_layer(base, 0.5)
+    expected = (base.weight.detach().float() + layer.delta_weight(torch.float32)).to(torch.bfloat16)
+    layer.merge()
+    assert layer.weight.dtype == torch.bfloat16
+    assert torch.equal(layer.weight, expected)
+
+
+def test_adapter_starts_as_the_base_layer_because_B_is_zero():
+    torch.manual_seed(5)
+    base = nn.Linear(10, 10)
+    rows, columns = select_rows_and_columns("x", (10, 10), 0.5, "random", 0)
+    layer = PartialLoraLayer(base, rows, columns, r=2, alpha=4)
+    x = torch.randn(3, 10)
+    assert torch.equal(layer(x), base(x))
+    assert layer.lora_A.abs().max() > 0
+    assert layer.lora_A.abs().max() <= 1 / len(columns) ** 0.5
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([3, 1]), torch.tensor([1, 1]), torch.tensor([0, 99]), torch.tensor([0.0, 1.0])])
+def test_layer_refuses_bad_indices(bad):
+    with pytest.raises(ValueError):
+        PartialLoraLayer(nn.Linear(8, 8), bad, torch.arange(4), r=2, alpha=2)
+
+
+def test_layer_refuses_unsupported_modules():
+    with pytest.raises(TypeError, match="pointwise"):
+        PartialLoraLayer(nn.Conv2d(4, 4, 3), torch.arange(2), torch.arange(2), r=1, alpha=1)
