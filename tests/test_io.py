@@ -23,6 +23,16 @@ def trained_adapter(tmp_path, keep=0.4):
     return model, folder
 
 
+def resign(folder):
+    """Recompute both checksums, as a deliberate (hostile) edit would."""
+    from partial_lora.io import document_digest, file_sha256
+
+    document = json.loads((folder / "adapter_config.json").read_text())
+    document["weights_sha256"] = file_sha256(folder / "adapter_model.safetensors")
+    document["document_sha256"] = document_digest(document)
+    (folder / "adapter_config.json").write_text(json.dumps(document))
+
+
 def snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -123,11 +133,7 @@ def test_edited_tensors_with_a_matching_checksum_are_still_validated(tmp_path):
     key = next(k for k in tensors if k.endswith("lora_rows"))
     tensors[key] = tensors[key].flip(0)  # unsorted indices
     save_file(tensors, path)
-    document = json.loads((folder / "adapter_config.json").read_text())
-    from partial_lora.io import file_sha256
-
-    document["weights_sha256"] = file_sha256(path)
-    (folder / "adapter_config.json").write_text(json.dumps(document))
+    resign(folder)
     base = tiny_bert()
     before = snapshot(base)
     with pytest.raises(AdapterFileError, match="sorted"):
@@ -179,3 +185,11 @@ def test_file_size_is_keep_ratio_times_loras_plus_index_bytes(tmp_path):
         reloaded = partial_lora.load(tiny_bert(), folder)
         assert partial_lora.trainable_parameters(partial_lora.load(tiny_bert(), folder, trainable=True)) == adapter_values
         assert len(partial_lora.adapter_layers(reloaded)) == 6
+
+
+def test_a_flipped_value_in_the_config_is_detected(tmp_path):
+    _, folder = trained_adapter(tmp_path)
+    path = folder / "adapter_config.json"
+    path.write_text(path.read_text().replace('"alpha": 16.0', '"alpha": 96.0'))
+    with pytest.raises(AdapterFileError, match="changed or damaged"):
+        partial_lora.load(tiny_bert(), folder)

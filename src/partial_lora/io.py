@@ -156,8 +156,15 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
         "weights_sha256": digest,
         "metadata": dict(metadata or {}),
     }
+    document["document_sha256"] = document_digest(document)
     atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
     return directory
+
+
+def document_digest(document: Mapping[str, Any]) -> str:
+    """sha256 of the config document without its own checksum field (canonical JSON)."""
+    body = {k: v for k, v in document.items() if k != "document_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
@@ -198,6 +205,11 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     if document.get("format_version") != FORMAT_VERSION:
         raise AdapterFileError(
             f"{config_path} has format_version {document.get('format_version')!r}; this partial-lora reads {FORMAT_VERSION}"
+        )
+    if document.get("document_sha256") != document_digest(document):
+        raise AdapterFileError(
+            f"{config_path} was changed or damaged (its checksum does not match its contents); restore it or "
+            "save the adapter again"
         )
     for key, kind in (("config", dict), ("layers", dict), ("modules_to_save", dict), ("weights_sha256", str)):
         if not isinstance(document.get(key), kind):
