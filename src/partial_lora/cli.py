@@ -1,0 +1,209 @@
+"""The ``partial-lora`` command line.
+
+    partial-lora run                      # the main job on the packaged default (MiniLM + BBC News)
+    partial-lora ticket [--compare a.json b.json]
+    partial-lora train | eval | export | merge | compare
+
+Every option can also come from a YAML file given with ``--config`` (keys are the option
+names, with ``-`` or ``_``); flags on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from .experiment.settings import METHODS, PACKAGED_DATASETS, Settings, field_names
+
+
+class UsageError(Exception):
+    """Bad input the user can fix; printed without a traceback, exit status 2."""
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _str_list(text: str) -> list[str]:
+    return [part.strip() for part in str(text).split(",") if part.strip()]
+
+
+def _targets(text: str) -> list[str] | str:
+    """``query,key,value`` -> a list of suffixes; anything with regex characters stays a regex."""
+    if text == "all-linear" or any(ch in text for ch in "()*|\\[]^$+?"):
+        return text
+    return _str_list(text)
+
+
+# field -> (argparse type, help). Booleans are flags.
+OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
+    "dataset": (str, f"packaged name ({', '.join(PACKAGED_DATASETS)}), a .csv/.jsonl file, or a datasets folder"),
+    "model": (str, "packaged name (minilm, efficientnet-lite0, smollm2), a local Hugging Face folder or a hub id"),
+    "task": (str, "classification, image-classification or causal-lm (default: from the dataset)"),
+    "text_column": (str, "text column of a CSV/JSONL/datasets input"),
+    "label_column": (str, "label column of a CSV/JSONL/datasets input"),
+    "out": (str, "output folder"),
+    "overwrite": (None, "replace results already in --out"),
+    "resume": (None, "continue an interrupted run from its last checkpoint"),
+    "train_per_class": (int, "training examples per class (a seeded sample; default: dataset's)"),
+    "test_per_class": (int, "test examples per class (default: dataset's)"),
+    "test_fraction": (float, "fraction held out for testing (stratified, seeded)"),
+    "max_length": (int, "maximum tokens per text (longer texts are truncated)"),
+    "ticket": (str, "use this ticket.json instead of deriving one"),
+    "ticket_method": (str, "svd (default), snip, imp, uniform or svd-layerwise"),
+    "shots": (int, "few-shot examples per class for the ticket"),
+    "threshold": (float, "performance threshold tau in (0, 1]"),
+    "threshold_mode": (str, "relative (above chance, default) or absolute (metric >= tau * baseline)"),
+    "metric": (str, "accuracy, macro_f1, exact_match or neg_loss (default: dataset's)"),
+    "method": (str, f"one of {', '.join(METHODS)}"),
+    "methods": (_str_list, "comma-separated methods to compare"),
+    "rank": (int, "adapter rank r"),
+    "alpha": (float, "LoRA alpha (default 2 * rank)"),
+    "target_modules": (_targets, "comma-separated name suffixes, a regex, or all-linear"),
+    "modules_to_save": (_str_list, "comma-separated modules trained in full (e.g. classifier)"),
+    "budget": (int, "total trainable-parameter budget for the adapters (rescales the ticket)"),
+    "seed": (int, "seed"),
+    "seeds": (_int_list, "comma-separated seeds, e.g. 0,1,2"),
+    "epochs": (int, "training epochs"),
+    "learning_rate": (float, "peak learning rate"),
+    "batch_size": (int, "batch size"),
+    "weight_decay": (float, "AdamW weight decay"),
+    "warmup_ratio": (float, "fraction of steps for linear warm-up"),
+    "max_grad_norm": (float, "gradient clipping norm"),
+    "checkpoint_every": (int, "steps between checkpoints"),
+    "thresholds": (_float_list, "comma-separated thresholds to sweep, e.g. 0.7,0.8,0.9"),
+    "ranks": (_int_list, "comma-separated ranks to sweep, e.g. 4,8,16"),
+}
+
+COMMON = ["dataset", "model", "task", "text_column", "label_column", "out", "overwrite", "max_length",
+          "train_per_class", "test_per_class", "test_fraction", "seed"]
+TICKET = ["ticket", "ticket_method", "shots", "threshold", "threshold_mode", "metric"]
+ADAPTER = ["rank", "alpha", "target_modules", "modules_to_save", "budget"]
+SCHEDULE = ["epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm",
+            "checkpoint_every", "resume"]
+COMMANDS: dict[str, tuple[str, list[str]]] = {
+    "run": ("derive a ticket, train Partial-LoRA and LoRA side by side, write results and a report",
+            COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds"]),
+    "ticket": ("derive per-layer keep ratios from a few labelled examples",
+               ["dataset", "model", "task", "text_column", "label_column", "out", "overwrite", "max_length",
+                "seed", "target_modules"] + TICKET[1:]),
+    "train": ("train one method and save its adapter", COMMON + TICKET + ADAPTER + SCHEDULE + ["method"]),
+    "eval": ("evaluate a saved adapter on the test split", COMMON),
+    "export": ("export a Partial-LoRA adapter folder as a PEFT LoRA folder", ["model", "dataset", "out", "overwrite"]),
+    "merge": ("merge an adapter into its base model and save the merged model", ["model", "dataset", "out", "overwrite"]),
+    "compare": ("train several methods / seeds / thresholds / ranks side by side",
+                COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds", "thresholds", "ranks"]),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="partial-lora", description="Partial-LoRA: tickets, training, comparison and export of sparse LoRA adapters.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, options) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("--config", help="YAML file with any of these options")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        for option in options:
+            kind, text = OPTIONS[option]
+            flag = "--" + option.replace("_", "-")
+            if kind is None:
+                sub.add_argument(flag, action="store_true", default=None, help=text)
+            else:
+                sub.add_argument(flag, type=kind, default=None, help=text)
+        if name == "ticket":
+            sub.add_argument("--compare", nargs=2, metavar=("A_JSON", "B_JSON"), help="print the overlap of two tickets")
+        if name in ("eval", "export", "merge"):
+            sub.add_argument("adapter", help="adapter folder written by train/run")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def read_yaml_config(path: str, allowed: Sequence[str]) -> dict[str, Any]:
+    """Options from a YAML file, keys normalised to field names; unknown keys are an error."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"--config {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"--config {path} must hold a mapping of option: value")
+    normalised = {str(key).replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(normalised) - set(allowed))
+    if unknown:
+        raise UsageError(f"--config {path}: unknown option(s) {unknown}; this command accepts {sorted(allowed)}")
+    for key in ("methods",):
+        if isinstance(normalised.get(key), str):
+            normalised[key] = _str_list(normalised[key])
+    for key in ("seeds", "ranks"):
+        if isinstance(normalised.get(key), (str, int)):
+            normalised[key] = _int_list(str(normalised[key]))
+    if isinstance(normalised.get("thresholds"), (str, float)):
+        normalised["thresholds"] = _float_list(str(normalised["thresholds"]))
+    return normalised
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Defaults < YAML file < command-line flags."""
+    options = COMMANDS[args.command][1]
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(read_yaml_config(args.config, options))
+    values.update({k: v for k, v in vars(args).items() if k in options and v is not None})
+    if "seed" in values and "seeds" not in values:
+        values["seeds"] = [values["seed"]]
+    values["progress"] = not args.quiet
+    known = set(field_names())
+    try:
+        return Settings(**{k: v for k, v in values.items() if k in known})
+    except (TypeError, ValueError) as err:
+        raise UsageError(str(err)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        settings = settings_from_args(args)
+        from .experiment import commands
+
+        return int(getattr(commands, f"{args.command}_command")(settings, args) or 0)
+    except UsageError as err:
+        print(f"partial-lora {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"partial-lora {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

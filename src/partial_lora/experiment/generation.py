@@ -1,0 +1,57 @@
+"""Exact-match evaluation of a causal LM that answers a prompt with a short label word."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+
+def normalise_answer(text: str) -> str:
+    """The first word, lower-cased, without surrounding punctuation."""
+    words = text.strip().split()
+    return words[0].strip(".,;:!?\"'()").lower() if words else ""
+
+
+@torch.no_grad()
+def exact_match(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_length: int = 256,
+    max_new_tokens: int | None = None,
+) -> dict[str, float]:
+    """Greedy-decode each prompt and compare the first generated word with the answer.
+
+    Prompts are left-padded and truncated from the left (the end of the prompt, where the
+    question is, is kept). Returns ``{"exact_match": fraction}``.
+    """
+    if len(prompts) != len(answers) or not prompts:
+        raise ValueError("exact_match needs as many answers as prompts, and at least one")
+    if max_new_tokens is None:
+        max_new_tokens = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers) + 1
+    was_training = model.training
+    model.eval()
+    padding_side, truncation_side = tokenizer.padding_side, tokenizer.truncation_side
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    correct = 0
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            encoded = tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+            output = model.generate(
+                **encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            generated = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+            for text, answer in zip(generated, answers[start : start + batch_size]):
+                correct += normalise_answer(text) == normalise_answer(answer)
+    finally:
+        tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side
+        model.train(was_training)
+    return {"exact_match": correct / len(prompts)}

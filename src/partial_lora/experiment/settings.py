@@ -1,0 +1,143 @@
+"""Settings of a run: which model and data, the ticket, the adapters and the schedule.
+
+One validated dataclass shared by every CLI command; each field is a CLI flag
+(``--learning-rate``) and a YAML key (``learning_rate`` or ``learning-rate``). Defaults that
+depend on the dataset (model, target layers, schedule) are filled by :func:`resolve`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+PACKAGED_DATASETS = ("bbc", "mnist", "bbc-gen")
+METHODS = (
+    "full", "lora", "adalora", "vera", "dora", "random-masking",
+    "partial-lora", "partial-adalora", "targeted", "stochastic", "uniform",
+)
+
+# Per packaged dataset: model, task kind, target layers, saved head, schedule. Sized so the
+# default `run` (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "bbc": dict(
+        model="minilm", task="classification", target_modules=["query", "key", "value"],
+        modules_to_save=["classifier"], metric="accuracy", epochs=3, learning_rate=2e-3,
+        batch_size=16, max_length=128, train_per_class=80, test_per_class=40,
+    ),
+    "mnist": dict(
+        model="efficientnet-lite0", task="image-classification",
+        target_modules=r"(_fc|.*_expand_conv|.*_project_conv)", modules_to_save=["_fc"], metric="accuracy",
+        epochs=3, learning_rate=2e-3, batch_size=32, max_length=None, train_per_class=60, test_per_class=30,
+    ),
+    "bbc-gen": dict(
+        model="smollm2", task="causal-lm", target_modules=["q_proj", "k_proj", "v_proj"],
+        modules_to_save=[], metric="exact_match", epochs=2, learning_rate=1e-3,
+        batch_size=8, max_length=160, train_per_class=24, test_per_class=12,
+    ),
+}
+
+
+@dataclass
+class Settings:
+    """Everything a run needs. ``None`` means "the dataset's default" (see DATASET_DEFAULTS)."""
+
+    dataset: str = "bbc"
+    model: str | None = None
+    task: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    out: str = "runs/partial-lora"
+    overwrite: bool = False
+    resume: bool = False
+    # data
+    train_per_class: int | None = None
+    test_per_class: int | None = None
+    test_fraction: float = 0.2
+    max_length: int | None = None
+    # ticket
+    ticket: str | None = None
+    ticket_method: str = "svd"
+    shots: int = 16
+    threshold: float = 0.9
+    threshold_mode: str = "relative"
+    metric: str | None = None
+    # adapters
+    method: str = "partial-lora"
+    methods: list[str] = field(default_factory=lambda: ["lora", "partial-lora"])
+    rank: int = 8
+    alpha: float | None = None
+    target_modules: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+    budget: int | None = None
+    # schedule
+    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: int | None = None
+    learning_rate: float | None = None
+    batch_size: int | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 50
+    # sweeps (compare)
+    thresholds: list[float] | None = None
+    ranks: list[int] | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def fail(name: str, allowed: str) -> None:
+            raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
+
+        if not (0 < self.threshold <= 1):
+            fail("threshold", "a threshold lies in (0, 1], e.g. 0.9")
+        if self.threshold_mode not in ("relative", "absolute"):
+            fail("threshold_mode", "choose relative or absolute")
+        if self.shots < 1:
+            fail("shots", "ask for at least 1 example per class")
+        if self.rank < 1:
+            fail("rank", "the rank must be a positive integer")
+        for name in ("method",):
+            if getattr(self, name) not in METHODS:
+                fail(name, f"choose one of {', '.join(METHODS)}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if not (0 < self.test_fraction < 1):
+            fail("test_fraction", "a fraction in (0, 1)")
+        for name in ("epochs", "batch_size", "train_per_class", "test_per_class", "max_length", "budget"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                fail(name, "a positive integer")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            fail("learning_rate", "a positive number")
+        if self.thresholds is not None and not all(0 < t <= 1 for t in self.thresholds):
+            fail("thresholds", "every threshold lies in (0, 1]")
+        if self.ranks is not None and not all(isinstance(r, int) and r > 0 for r in self.ranks):
+            fail("ranks", "positive integers")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Settings)]
+
+
+def resolve(settings: Settings) -> Settings:
+    """Fill the dataset-dependent defaults (``None`` fields) for packaged datasets.
+
+    A local file or folder gets the text-classification defaults of ``bbc`` but no model:
+    ``--model`` is then required.
+    """
+    base = DATASET_DEFAULTS.get(settings.dataset)
+    if base is None:
+        base = dict(DATASET_DEFAULTS["bbc"], model=None, train_per_class=None, test_per_class=None)
+    updates = {key: value for key, value in base.items() if getattr(settings, key) is None}
+    resolved = replace(settings, **updates)
+    if resolved.model is None:
+        raise ValueError(
+            f"--model is required for dataset {settings.dataset!r}: give a local Hugging Face folder or hub id"
+        )
+    if resolved.alpha is None:
+        resolved = replace(resolved, alpha=2.0 * resolved.rank)
+    return resolved
