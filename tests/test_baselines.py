@@ -1,0 +1,229 @@
+"""Every comparison method builds by name, trains only its own parameters, and saves."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from peft import PeftModel
+
+import partial_lora
+from partial_lora.adalora import adalora_layers
+from partial_lora.baselines import (
+    METHODS,
+    build_method,
+    method_learning_rate,
+    random_masking_rank,
+    save_method,
+    uniform_keep_ratio,
+)
+
+from conftest import tiny_bert, token_batch
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # PEFT's SHiRA
+
+TARGETS = ["query", "key", "value"]
+LAYERS = [f"bert.encoder.layer.{i}.attention.self.{p}" for i in range(2) for p in TARGETS]
+RATIOS = {name: ratio for name, ratio in zip(LAYERS, [0.1, 0.3, 0.5, 0.2, 0.15, 0.7])}
+R = 4
+LORA_PER_LAYER = R * (32 + 32)
+CLASSIFIER = 32 * 3 + 3
+
+
+class PlainSGD:
+    """``p -= lr * grad``: torch.optim's first step imports torch._dynamo (seconds), not needed here."""
+
+    def __init__(self, parameters, lr: float) -> None:
+        self.parameters, self.lr = list(parameters), lr
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for parameter in self.parameters:
+            if parameter.grad is not None:
+                parameter.sub_(parameter.grad, alpha=self.lr)
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+# Names of the parameters each method may train (the classifier is a module to save).
+TRAINABLE = {
+    "lora": r"lora_[AB]\.|classifier",
+    "dora": r"lora_[AB]\.|lora_magnitude_vector|classifier",
+    "adalora": r"lora_[ABE]\.|classifier",
+    "vera": r"vera_lambda_[bd]|classifier",
+    "random-masking": r"shira_weight|classifier",
+    "partial-lora": r"lora_[AB]$|classifier",
+    "targeted": r"lora_[AB]$|classifier",
+    "stochastic": r"lora_[AB]$|classifier",
+    "uniform": r"lora_[AB]$|classifier",
+    "partial-adalora": r"lora_[PEQ]$|classifier",
+}
+
+
+def scores(seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {name: (torch.rand(32, generator=generator), torch.rand(32, generator=generator)) for name in LAYERS}
+
+
+def build(name: str, **kw):
+    kw.setdefault("total_steps", 10)
+    return build_method(name, tiny_bert(), r=R, alpha=8, target_modules=TARGETS, modules_to_save=["classifier"],
+                        keep_ratios=RATIOS, ticket_scores=scores(), seed=0, **kw)
+
+
+def labelled_batch(seed: int = 0) -> dict:
+    batch = token_batch(batch=4, seed=seed)
+    batch["labels"] = torch.tensor([0, 1, 2, 1])
+    return batch
+
+
+def adapter_count(model) -> int:
+    return partial_lora.trainable_parameters(model) - CLASSIFIER
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_trains_one_step_changing_only_its_own_parameters(name):
+    model, hooks = build(name)
+    model.train()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    if name == "full":
+        assert len(trainable) == len(before)
+    else:
+        assert trainable and all(re.search(TRAINABLE[name], n) for n in trainable), sorted(trainable)[:4]
+    optimizer = PlainSGD(trainable.values(), lr=0.1)
+    loss = model(**labelled_batch()).loss
+    if hooks.extra_loss is not None:
+        loss = loss + hooks.extra_loss(model, 1)
+    loss.backward()
+    optimizer.step()
+    for callback in hooks.callbacks:
+        callback.on_step_end(model, 1)
+    optimizer.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(trainable)
+    assert any(not re.search("classifier", n) for n in changed)
+
+
+def test_trainable_parameter_counts_are_the_methods_own():
+    names = ("lora", "dora", "partial-lora", "uniform", "random-masking")
+    counts = {name: adapter_count(build(name)[0]) for name in names}
+    assert counts["lora"] == 6 * LORA_PER_LAYER
+    assert counts["dora"] == 6 * (LORA_PER_LAYER + 32)
+    expected_partial = sum(R * 2 * -(-round(ratio * 32 * 1e6) // 10**6) for ratio in RATIOS.values())  # ceil
+    assert counts["partial-lora"] == expected_partial < counts["lora"]
+    assert counts["partial-lora"] - 6 * 2 * R <= counts["uniform"] <= counts["partial-lora"]
+    masking_r = random_masking_rank(RATIOS, {n: (32, 32) for n in LAYERS}, R)
+    assert counts["random-masking"] == masking_r * 64 * 6
+    assert abs(counts["random-masking"] - counts["partial-lora"]) <= 64 * 6 / 2
+    assert adapter_count(build("random-masking", masking_r=3)[0]) == 3 * 64 * 6
+    assert adapter_count(build("random-masking", budget=800)[0]) == 2 * 64 * 6
+    assert adapter_count(build("vera", vera_r=16)[0]) == 6 * (16 + 32)
+
+
+def test_uniform_uses_one_ratio_with_the_tickets_total():
+    shapes = {name: (32, 32) for name in LAYERS}
+    shapes[LAYERS[0]] = (64, 32)
+    ratio = uniform_keep_ratio(RATIOS, shapes, R)
+    weighted_mean = sum(RATIOS[n] * sum(shapes[n]) for n in LAYERS) / sum(sum(s) for s in shapes.values())
+    assert abs(ratio - weighted_mean) < 0.05
+    model, _ = build("uniform")
+    layers = partial_lora.adapter_layers(model).values()
+    assert len({len(layer.lora_rows) for layer in layers}) == 1
+
+
+def test_ticket_methods_pick_rows_by_their_rule_and_budget_rescales():
+    random_rows = {n: l.lora_rows for n, l in partial_lora.adapter_layers(build("partial-lora")[0]).items()}
+    targeted = partial_lora.adapter_layers(build("targeted")[0])
+    for name, layer in targeted.items():
+        row_scores = scores()[name][0]
+        assert torch.equal(layer.lora_rows, torch.sort(torch.topk(row_scores, len(layer.lora_rows)).indices).values)
+    assert any(not torch.equal(random_rows[n], targeted[n].lora_rows) for n in LAYERS)
+    budgeted = build("partial-lora", budget=300)[0]
+    assert adapter_count(budgeted) <= 300 < adapter_count(build("partial-lora")[0])
+
+
+def test_unknown_names_options_and_missing_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="unknown method 'qlora'.*known methods: full, lora"):
+        build("qlora")
+    with pytest.raises(TypeError, match="does not take option.*vera_r"):
+        build("lora", vera_r=8)
+    with pytest.raises(ValueError, match="needs total_steps"):
+        build("adalora", total_steps=None)
+    with pytest.raises(ValueError, match="needs ticket_scores"):
+        build_method("targeted", tiny_bert(), r=R, target_modules=TARGETS, keep_ratios=RATIOS)
+    with pytest.raises(ValueError, match="needs keep_ratios"):
+        build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS)
+    with pytest.raises(ValueError, match="unknown method"):
+        method_learning_rate("nope", 1e-3)
+
+
+def test_adalora_callback_allocates_ranks_over_a_short_run():
+    total = 6
+    model, hooks = build("adalora", total_steps=total, tinit=0, tfinal=2)
+    optimizer = PlainSGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for step in range(1, total + 1):
+        model(**labelled_batch(step)).loss.backward()
+        optimizer.step()
+        for callback in hooks.callbacks:
+            callback.on_step_end(model, step)
+        optimizer.zero_grad()
+    pattern = model.peft_config["default"].rank_pattern
+    assert pattern and sum(sum(mask) for mask in pattern.values()) <= R * 6 < 6 * 6  # init_r = ceil(1.5 * 4)
+
+
+def test_partial_adalora_hooks_drive_its_allocator_and_saving_leaves_it_intact(tmp_path):
+    total = 6
+    model, hooks = build("partial-adalora", total_steps=total, tinit=0, tfinal=2)
+    optimizer = PlainSGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for step in range(1, total + 1):
+        (model(**labelled_batch(step)).loss + hooks.extra_loss(model, step)).backward()
+        optimizer.step()
+        for callback in hooks.callbacks:
+            callback.on_step_end(model, step)
+        optimizer.zero_grad()
+    assert sum(layer.active_rank for layer in adalora_layers(model).values()) == R * 6
+    batch = token_batch()
+    expected = model(**batch).logits
+    size = save_method(model, "partial-adalora", tmp_path / "adapter")
+    assert len(adalora_layers(model)) == 6 and size > 0
+    loaded = partial_lora.load(tiny_bert(), tmp_path / "adapter")
+    assert sum(layer.r for layer in partial_lora.adapter_layers(loaded).values()) == R * 6
+    torch.testing.assert_close(loaded(**batch).logits, expected, rtol=0, atol=1e-5)
+
+
+def test_save_method_writes_natural_formats_and_reports_their_size(tmp_path):
+    sizes = {}
+    for name in ("full", "lora", "partial-lora", "random-masking"):
+        model, _ = build(name)
+        sizes[name] = save_method(model, name, tmp_path / name, metadata={"method": name})
+        assert sizes[name] == max(p.stat().st_size for p in (tmp_path / name).glob("*.safetensors"))
+    assert (tmp_path / "lora" / "training_metadata.json").is_file()
+    assert sizes["partial-lora"] < sizes["lora"] < sizes["full"]
+
+
+def test_random_masking_draws_its_own_pattern_per_layer_and_reloads_in_peft(tmp_path):
+    model, _ = build("random-masking")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "shira_weight" in name:
+                parameter.normal_(0, 0.1, generator=torch.Generator().manual_seed(len(name)))
+    queries = ("layer.0.attention.self.query", "layer.1.attention.self.query")
+    layers = [module for name, module in model.named_modules() if name.endswith(queries)]
+    first, second = (layer.shira_indices["default"] for layer in layers)
+    assert not torch.equal(first, second)
+    model.eval()
+    batch = token_batch()
+    expected = model(**batch).logits
+    save_method(model, "random-masking", tmp_path / "masking")
+    reloaded = PeftModel.from_pretrained(tiny_bert(), tmp_path / "masking").eval()
+    torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=0, atol=1e-6)
+
+
+def test_learning_rate_defaults_scale_with_the_method():
+    base = 2e-3
+    assert method_learning_rate("partial-lora", base) == method_learning_rate("lora", base) == base
+    assert method_learning_rate("vera", base) > base and method_learning_rate("random-masking", base) > base
+    assert method_learning_rate("full", base) < base
+    assert all(method_learning_rate(name, base) > 0 for name in METHODS)
