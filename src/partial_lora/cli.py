@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -189,6 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's
     try:
         settings = settings_from_args(args)
         from .experiment import commands

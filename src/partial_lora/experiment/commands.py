@@ -111,7 +111,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
     row = {
         "method": method, "seed": seed, "rank": rank, "threshold": ticket.threshold if ticket else None,
         "uses_ticket": method in TICKET_METHODS,
-        **{metric: outcome.metrics.get(metric) for metric in task.metrics},
+        **{metric: outcome.metrics.get(f"eval_{metric}") for metric in task.metrics},
         "trainable_params": trainable_parameters(model),
         "optimizer_state_bytes": outcome.optimizer_state_bytes,
         "adapter_bytes": adapter_bytes,

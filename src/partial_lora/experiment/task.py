@@ -104,7 +104,7 @@ def macro_f1(predicted: torch.Tensor, truth: torch.Tensor) -> float:
 def build_task(settings: Settings) -> Task:
     """Load the dataset, split it (seeded, stratified) and trim it to the per-class sizes."""
     dataset = data_lib.load_dataset(
-        settings.dataset, text_column=settings.text_column, label_column=settings.label_column,
+        settings.dataset, task=settings.task, text_column=settings.text_column, label_column=settings.label_column,
     )
     train, test = data_lib.stratified_split(dataset, test_fraction=settings.test_fraction, seed=SPLIT_SEED)
     if settings.train_per_class:
