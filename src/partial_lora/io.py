@@ -35,6 +35,9 @@ from .layer import PartialLoraLayer, base_shape, is_supported
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
 WEIGHTS_NAME = "adapter_model.safetensors"
+# While a save replaces an adapter, the tensors the current config describes stay reachable
+# under this name until the new config is in place (see save and committed_weights).
+PREVIOUS_WEIGHTS_NAME = ".adapter_model.previous.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT = "partial-lora"
 FORMAT_VERSION = 1
@@ -142,6 +145,9 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
         saved_info[name] = {key: list(value.shape) for key, value in state.items()}
         for key, value in state.items():
             tensors[f"modules_to_save.{name}.{key}"] = value
+    previous = directory / PREVIOUS_WEIGHTS_NAME
+    if (directory / WEIGHTS_NAME).is_file() and (directory / CONFIG_NAME).is_file():
+        _keep_previous(directory / WEIGHTS_NAME, previous)
     digest = atomic_save_tensors(tensors, directory / WEIGHTS_NAME, metadata={"format": FORMAT})
     document = {
         "format": FORMAT,
@@ -158,7 +164,32 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
     }
     document["document_sha256"] = document_digest(document)
     atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    previous.unlink(missing_ok=True)  # the new adapter is whole: config and tensors agree
     return directory
+
+
+def _keep_previous(weights: Path, previous: Path) -> None:
+    """Keep the current tensor file reachable (a hard link, or a copy) until the save commits.
+
+    A crash after the new tensors replace ``weights`` but before the new config is written
+    then still loads the previous adapter, whole (see :func:`committed_weights`).
+    """
+    previous.unlink(missing_ok=True)
+    try:
+        os.link(weights, previous)
+    except OSError:
+        atomic_write_bytes(previous, weights.read_bytes())
+    _fsync_directory(previous.parent)
+
+
+def committed_weights(directory: Path, expected_sha256: str) -> Path:
+    """The tensor file the config describes: ``adapter_model.safetensors``, or the previous
+    one kept by a save that was interrupted before its config was written."""
+    weights, previous = directory / WEIGHTS_NAME, directory / PREVIOUS_WEIGHTS_NAME
+    if previous.is_file() and weights.is_file() and file_sha256(weights) != expected_sha256 \
+            and file_sha256(previous) == expected_sha256:
+        return previous
+    return weights
 
 
 def document_digest(document: Mapping[str, Any]) -> str:
@@ -284,7 +315,7 @@ def load(
     """
     directory = Path(directory)
     document = read_config(directory)
-    tensors = read_tensors(directory / WEIGHTS_NAME, document["weights_sha256"])
+    tensors = read_tensors(committed_weights(directory, document["weights_sha256"]), document["weights_sha256"])
     config: PartialLoraConfig = document["config"]
     if adapter_layers(base_model):
         raise ValueError("the base model already has Partial-LoRA adapters; load into a fresh base model")

@@ -1,0 +1,75 @@
+"""kill -9 during ``partial_lora.save``: the folder holds the previous adapter or the new one, whole.
+
+A child process saves version 1, 2, 3, ... of an adapter into one folder, as fast as it can
+(the B matrices of version ``v`` are filled with ``v``). The parent kills it with SIGKILL at
+random moments and loads the folder each time: it must load, and hold exactly one version,
+never a mix of two and never an error.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import partial_lora
+from partial_lora import PartialLoraConfig
+
+CHILD = textwrap.dedent(
+    """
+    import sys, torch
+    from torch import nn
+    import partial_lora
+    from partial_lora import PartialLoraConfig
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    model = partial_lora.apply(model, PartialLoraConfig(r=4, alpha=8, target_modules=["0", "2"], keep_ratio=0.5))
+    folder = sys.argv[1]
+    version = 0
+    while True:
+        version += 1
+        with torch.no_grad():
+            for layer in partial_lora.adapter_layers(model).values():
+                layer.lora_B.fill_(float(version))
+        partial_lora.save(model, folder)
+        print(version, flush=True)
+    """
+)
+
+
+def base_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
+def test_kill_9_during_save_leaves_one_whole_version(tmp_path):
+    folder = tmp_path / "adapter"
+    rng = random.Random(0)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    kills, versions_seen = 0, set()
+    for attempt in range(5):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(folder)], stdout=subprocess.PIPE, env=env, text=True)
+        first = child.stdout.readline()  # at least one version saved by this child
+        assert first.strip().isdigit(), first
+        time.sleep(rng.uniform(0.0, 0.15))
+        child.send_signal(signal.SIGKILL)
+        printed = [int(line) for line in [first, *child.stdout.read().split()] if str(line).strip()]
+        child.wait()
+        kills += 1
+        model = partial_lora.load(base_model(), folder)  # must not raise
+        values = {float(v) for layer in partial_lora.adapter_layers(model).values() for v in layer.lora_B.unique()}
+        assert len(values) == 1, f"a mix of versions {values} after kill {kills}"
+        version = int(values.pop())
+        # the folder holds the last version reported saved, or the one being saved when killed
+        assert version in (printed[-1], printed[-1] + 1), (version, printed[-3:])
+        versions_seen.add(version)
+    assert kills == 5
