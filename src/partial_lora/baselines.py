@@ -76,6 +76,13 @@ METADATA_NAME = "training_metadata.json"
 FULL_WEIGHTS_NAME = "model.safetensors"
 
 
+class MethodNotApplicable(ValueError):
+    """The method cannot adapt this model's target layers (e.g. PEFT's VeRA and convolutions).
+
+    ``compare`` records the reason and goes on with the other methods.
+    """
+
+
 @dataclass
 class MethodHooks:
     """What the training loop must call for a method.
@@ -229,7 +236,12 @@ def _adalora_schedule(request: _Request) -> dict[str, int]:
     total, options = request.total_steps, request.options
     tinit = options["tinit"] if options["tinit"] is not None else int(ADALORA_TINIT * total)
     tfinal = options["tfinal"] if options["tfinal"] is not None else int(ADALORA_TFINAL * total)
-    if tinit >= total - tfinal:  # very short runs: no warm-up, no final phase
+    if total < 2:
+        raise ValueError(f"{request.name} needs at least 2 optimizer steps (one to score the ranks before it "
+                         f"fixes them), got total_steps={total}; train longer or use more examples")
+    # Very short runs: no warm-up, no final phase. PEFT fixes the ranks at step total - tfinal
+    # from importance scores gathered on the steps before it, so at least one must come first.
+    if tinit >= total - tfinal or total - tfinal < 2:
         tinit, tfinal = 0, 0
     init_r = options["init_r"] if options["init_r"] is not None else math.ceil(1.5 * request.r)
     if init_r < request.r:
@@ -252,9 +264,20 @@ def _build_adalora(model: nn.Module, request: _Request) -> tuple[nn.Module, Meth
     return peft_model, MethodHooks(callbacks=[PeftAdaLoraCallback(peft_model)])
 
 
+def _require_linear_targets(model: nn.Module, request: _Request, implementation: str) -> None:
+    targets = _targets(model, request)
+    others = [name for name, module in targets.items() if not isinstance(module, nn.Linear)]
+    if others:
+        raise MethodNotApplicable(
+            f"{request.name}: {implementation} adapts only nn.Linear layers, and {len(others)} of the {len(targets)} "
+            f"targets are not ({', '.join(others[:2])}{' ...' if len(others) > 2 else ''}); give nn.Linear targets"
+        )
+
+
 def _build_vera(model: nn.Module, request: _Request) -> tuple[nn.Module, MethodHooks]:
     from peft import VeraConfig
 
+    _require_linear_targets(model, request, "PEFT's VeRA")
     options = request.options
     config = VeraConfig(r=options["vera_r"], projection_prng_key=request.seed, vera_dropout=options["dropout"],
                         d_initial=options["d_initial"], save_projection=True, **_peft_common(request))
@@ -268,6 +291,7 @@ def _build_random_masking(model: nn.Module, request: _Request) -> tuple[nn.Modul
         raise ImportError(
             "random-masking uses PEFT's SHiRA with a random mask; install a PEFT that has ShiraConfig"
         ) from None
+    _require_linear_targets(model, request, "PEFT's SHiRA (random masks)")
     targets = _targets(model, request)
     shapes = {name: base_shape(module) for name, module in targets.items()}
     masking_r = request.options["masking_r"]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .. import io as adapter_io
-from ..baselines import build_method, method_learning_rate, save_method
+from ..baselines import MethodNotApplicable, build_method, method_learning_rate, save_method
 from ..peft_interop import export_peft
 from ..surgery import merge, trainable_parameters
 from ..ticket import Ticket, find_ticket, plot_keep_ratios, ticket_overlap
@@ -22,12 +22,17 @@ from .settings import Settings, resolve
 from .task import Task, build_task
 
 TICKET_METHODS = ("partial-lora", "partial-adalora", "targeted", "stochastic", "uniform")
-RESULT_FILES = ("results.json", "report.md", "ticket.json", "adapters")
+RESULT_FILES = ("results.json", "report.md", "ticket.json", "adapters",
+                "adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
 
 
 # -- output folder ---------------------------------------------------------------------
-def prepare_out(settings: Settings, *, keep: bool = False) -> Path:
-    """Create ``--out``; refuse one that already holds results unless --overwrite or --resume."""
+def check_out(settings: Settings, *, keep: bool = False) -> list[str]:
+    """Refuse an ``--out`` that is a file, or holds results (unless --overwrite or --resume).
+
+    Touches nothing: commands call it first, check their input, and only then
+    :func:`prepare_out`, so bad input never costs the results already in ``--out``.
+    """
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; give a folder")
@@ -37,6 +42,13 @@ def prepare_out(settings: Settings, *, keep: bool = False) -> Path:
             f"--out {out} already holds results ({', '.join(existing)}); pass --overwrite to replace them, "
             "--resume to continue that run, or choose another folder"
         )
+    return existing
+
+
+def prepare_out(settings: Settings, *, keep: bool = False) -> Path:
+    """Create ``--out``; refuse one that already holds results unless --overwrite or --resume."""
+    out = Path(settings.out)
+    existing = check_out(settings, keep=keep)
     if existing and settings.overwrite and not settings.resume:
         for name in (*RESULT_FILES, "checkpoints", "partial"):
             target = out / name
@@ -46,6 +58,16 @@ def prepare_out(settings: Settings, *, keep: bool = False) -> Path:
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def check_input(task: Task, settings: Settings, *, ticket: bool) -> None:
+    """Fail on bad input before anything in ``--out`` is replaced: a class with fewer
+    training examples than ``--shots`` (when a ticket is derived), a ``--max-length`` the
+    model cannot take. Cheap: one example is batched."""
+    if ticket and not settings.ticket:
+        for seed in settings.seeds:
+            task.shots(seed)
+    task.batches(task.test.subset([0]), shuffle=False, seed=0)
 
 
 def say(settings: Settings, text: str) -> None:
@@ -148,15 +170,18 @@ def compare_command(settings: Settings, args: Any) -> int:
 
 
 def _compare(settings: Settings, *, title: str, verdict_for_run: bool) -> int:
-    out = prepare_out(settings)
+    check_out(settings)
     started = time.perf_counter()
     task = build_task(settings)
     task.new_model()  # loads the tokenizer once, and fails early on a bad --model
+    check_input(task, settings, ticket=any(m in TICKET_METHODS for m in settings.methods))
+    out = prepare_out(settings)
     say(settings, f"{settings.dataset}: {len(task.train)} training / {len(task.test)} test examples, "
                   f"{len(task.label_names)} classes; model {settings.model}")
     thresholds = settings.thresholds or [settings.threshold]
     ranks = settings.ranks or [settings.rank]
     results: list[dict[str, Any]] = []
+    notes: list[str] = []
     tickets: dict[tuple[int, float], Ticket] = {}
     for seed in settings.seeds:
         for threshold in thresholds:
@@ -171,8 +196,15 @@ def _compare(settings: Settings, *, title: str, verdict_for_run: bool) -> int:
                 for threshold in method_thresholds:
                     ticket = tickets.get((seed, threshold)) if threshold is not None else None
                     label = _label(method, rank, threshold, seed, ranks, thresholds)
-                    results.append(train_method(task, settings, method=method, seed=seed, rank=rank,
-                                                ticket=ticket, out=out, label=label))
+                    try:
+                        results.append(train_method(task, settings, method=method, seed=seed, rank=rank,
+                                                    ticket=ticket, out=out, label=label))
+                    except MethodNotApplicable as reason:
+                        if str(reason) not in notes:
+                            notes.append(str(reason))
+                            say(settings, f"[{label}] skipped: {reason}")
+    if not results:
+        raise ValueError("no method could be trained: " + "; ".join(notes))
     plots = []
     primary = task.primary_metric
     plots.append(report.plot_metric_vs_parameters(results, primary, out / "metric_vs_params.png",
@@ -187,11 +219,12 @@ def _compare(settings: Settings, *, title: str, verdict_for_run: bool) -> int:
         "results": [{k: v for k, v in r.items() if k != "history"} for r in results],
         "summary": rows, "settings": settings.to_dict(), "verdict": verdict,
         "histories": {f"{r['method']}-r{r['rank']}-seed{r['seed']}": r.get("history") for r in results},
+        "notes": notes,
         "seconds": time.perf_counter() - started,
     }
     report.write_results(out, document)
     report.write_report(out, title=title, settings=_settings_summary(settings, task), table=table,
-                        verdict=verdict, plots=plots)
+                        verdict=verdict, plots=plots, notes=notes)
     print("\n" + table + "\n")
     if verdict:
         print(verdict)
@@ -243,9 +276,11 @@ def ticket_command(settings: Settings, args: Any) -> int:
         print(json.dumps(overlap, indent=2, default=float))
         return 0
     settings = resolve(settings)
-    out = prepare_out(settings)
+    check_out(settings)
     task = build_task(settings)
     task.new_model()
+    check_input(task, settings, ticket=True)
+    out = prepare_out(settings)
     ticket = derive_ticket(task, settings, seed=settings.seed)
     ticket.save(out / "ticket.json")
     plot_keep_ratios(ticket, out / "keep_ratios.png")
@@ -257,9 +292,11 @@ def ticket_command(settings: Settings, args: Any) -> int:
 
 def train_command(settings: Settings, args: Any) -> int:
     settings = resolve(settings)
-    out = prepare_out(settings)
+    check_out(settings)
     task = build_task(settings)
     task.new_model()
+    check_input(task, settings, ticket=settings.method in TICKET_METHODS)
+    out = prepare_out(settings)
     ticket = derive_ticket(task, settings, seed=settings.seed) if settings.method in TICKET_METHODS else None
     if ticket is not None:
         ticket.save(out / "ticket.json")
@@ -290,18 +327,20 @@ def eval_command(settings: Settings, args: Any) -> int:
 
 
 def export_command(settings: Settings, args: Any) -> int:
-    out = prepare_out(settings)
+    check_out(settings)
     _, base, _ = _base_for_adapter(settings, Path(args.adapter))
     model = adapter_io.load(base, args.adapter)
+    out = prepare_out(settings)
     export_peft(model, out)
     print(f"wrote a PEFT LoRA folder to {out}")
     return 0
 
 
 def merge_command(settings: Settings, args: Any) -> int:
-    out = prepare_out(settings)
+    check_out(settings)
     task, base, _ = _base_for_adapter(settings, Path(args.adapter))
     model = merge(adapter_io.load(base, args.adapter))
+    out = prepare_out(settings)
     model.save_pretrained(out, safe_serialization=True)
     if task.tokenizer is not None:
         task.tokenizer.save_pretrained(out)

@@ -8,6 +8,7 @@ depend on the dataset (model, target layers, schedule) are filled by :func:`reso
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 PACKAGED_DATASETS = ("bbc", "mnist", "bbc-gen")
@@ -26,7 +27,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "mnist": dict(
         model="efficientnet-lite0", task="image-classification",
-        target_modules=r"(_fc|.*_expand_conv|.*_project_conv)", modules_to_save=["_fc"], metric="accuracy",
+        target_modules=r".*(_expand_conv|_project_conv)", modules_to_save=["_fc"], metric="accuracy",
         epochs=3, learning_rate=2e-3, batch_size=32, max_length=None, train_per_class=60, test_per_class=30,
     ),
     "bbc-gen": dict(
@@ -130,6 +131,11 @@ def resolve(settings: Settings) -> Settings:
     ``--model`` is then required.
     """
     base = DATASET_DEFAULTS.get(settings.dataset)
+    if base is None and not Path(settings.dataset).exists():
+        raise FileNotFoundError(
+            f"--dataset {settings.dataset}: no such file or folder, and not a packaged dataset "
+            f"({', '.join(PACKAGED_DATASETS)}); give a packaged name, a .csv/.jsonl file or a datasets folder"
+        )
     if base is None:
         base = dict(DATASET_DEFAULTS["bbc"], model=None, train_per_class=None, test_per_class=None)
     updates = {key: value for key, value in base.items() if getattr(settings, key) is None}

@@ -8,6 +8,7 @@ batches and evaluate.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -115,6 +116,15 @@ def build_task(settings: Settings) -> Task:
 
 
 def _at_most_per_class(dataset: Any, count: int) -> Any:
-    """A seeded sample of ``count`` per class (fewer where a class has fewer)."""
-    smallest = min(torch.bincount(torch.as_tensor(dataset.labels)).tolist() or [0])
-    return data_lib.few_shot(dataset, min(count, smallest), seed=SPLIT_SEED)
+    """A seeded sample of ``count`` per class (fewer where a class has fewer).
+
+    Each class keeps ``min(count, its size)``: one small class does not shrink the others
+    (and a later "too few for --shots" error names the class that really is small). Draws as
+    :func:`partial_lora.data.few_shot` does, so balanced data gives the same sample.
+    """
+    rng = random.Random(SPLIT_SEED)
+    chosen: list[int] = []
+    for label in range(len(dataset.label_names)):
+        members = [i for i, value in enumerate(dataset.labels) if value == label]
+        chosen += rng.sample(members, min(count, len(members)))
+    return dataset.subset(sorted(chosen))

@@ -86,6 +86,8 @@ def _from_pretrained(location: str, task: str, num_labels: int | None) -> tuple[
     except OSError as err:
         raise FileNotFoundError(f"--model {location}: cannot load it ({err}). Give a local Hugging Face folder, "
                                 "a packaged name, or a hub id while online") from None
+    except ValueError as err:  # e.g. a folder whose config.json names no model type
+        raise ValueError(f"--model {location}: cannot load it as a {task} model ({err})") from None
     finally:
         transformers.logging.set_verbosity(verbosity)
         transformers.logging.enable_progress_bar()

@@ -50,17 +50,21 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 class MBConvBlock(nn.Module):
-    """Inverted bottleneck: 1x1 expand, depthwise kxk, 1x1 project; residual when shapes allow."""
+    """Inverted bottleneck: 1x1 expand, depthwise kxk, 1x1 project; residual when shapes allow.
+
+    The 1x1 convolutions are plain ``nn.Conv2d`` ("same" padding is zero for them), so
+    adapters see exactly the module type they support.
+    """
 
     def __init__(self, inputs: int, outputs: int, expand: int, kernel: int, stride: int) -> None:
         super().__init__()
         hidden = inputs * expand
         if expand != 1:
-            self._expand_conv = SameConv2d(inputs, hidden, 1, bias=False)
+            self._expand_conv = nn.Conv2d(inputs, hidden, 1, bias=False)
             self._bn0 = _bn(hidden)
         self._depthwise_conv = SameConv2d(hidden, hidden, kernel, stride=stride, groups=hidden, bias=False)
         self._bn1 = _bn(hidden)
-        self._project_conv = SameConv2d(hidden, outputs, 1, bias=False)
+        self._project_conv = nn.Conv2d(hidden, outputs, 1, bias=False)
         self._bn2 = _bn(outputs)
         self.residual = stride == 1 and inputs == outputs
 
@@ -98,10 +102,23 @@ class EfficientNetLite0(nn.Module):
                 blocks.append(MBConvBlock(channels, outputs, expand, kernel, stride if index == 0 else 1))
                 channels = outputs
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = SameConv2d(channels, HEAD, 1, bias=False)
+        self._conv_head = nn.Conv2d(channels, HEAD, 1, bias=False)
         self._bn1 = _bn(HEAD)
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(HEAD, num_classes)
+
+    def train(self, mode: bool = True) -> "EfficientNetLite0":
+        """Train mode for everything but batch norm, which keeps its ImageNet statistics.
+
+        Adapters are fitted on small batches of another domain; batch statistics there would
+        differ from the running ones used at evaluation (momentum 0.01 moves them slowly), so
+        the trained model would be scored on features it never saw.
+        """
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pooled features ``[B, 1280]``."""
