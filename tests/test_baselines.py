@@ -227,3 +227,16 @@ def test_learning_rate_defaults_scale_with_the_method():
     assert method_learning_rate("vera", base) > base and method_learning_rate("random-masking", base) > base
     assert method_learning_rate("full", base) < base
     assert all(method_learning_rate(name, base) > 0 for name in METHODS)
+
+
+def test_partial_lora_learning_rate_scales_with_the_kept_fraction():
+    base = 2e-3
+    model, _ = build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS, keep_ratio=0.25)
+    # 32 x 32 layers at keep 0.25 keep 8 rows and 8 columns: a quarter of LoRA's parameters
+    assert method_learning_rate("partial-lora", base, model) == pytest.approx(4 * base)
+    assert method_learning_rate("partial-lora", base, model, sparse_scale=1.0) == base
+    assert method_learning_rate("lora", base, model) == base  # LoRA's own rate is never scaled
+    tiny, _ = build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS, keep_ratio=0.01)
+    assert method_learning_rate("partial-lora", base, tiny) == pytest.approx(10 * base)  # capped
+    with pytest.raises(ValueError, match="sparse_scale"):
+        method_learning_rate("partial-lora", base, model, sparse_scale=0.0)

@@ -51,7 +51,7 @@ from .io import WEIGHTS_NAME, atomic_write_bytes
 from .io import save as save_partial_lora
 from .layer import base_shape
 from .selection import layer_generator
-from .surgery import apply, find_target_modules
+from .surgery import adapter_layers, apply, find_target_modules
 
 PEFT_METHODS = ("lora", "dora", "adalora", "vera", "random-masking")
 TICKET_METHODS = ("partial-lora", "targeted", "stochastic", "uniform", "partial-adalora")
@@ -438,11 +438,15 @@ _BUILDERS: dict[str, Callable[[nn.Module, _Request], tuple[nn.Module, MethodHook
 
 
 # -- learning rates ------------------------------------------------------------------------
-def method_learning_rate(name: str, base_lr: float) -> float:
+def method_learning_rate(name: str, base_lr: float, model: nn.Module | None = None,
+                         sparse_scale: float | None = None) -> float:
     """A sensible default learning rate for ``name``, given the one used for LoRA.
 
-    * LoRA, DoRA, AdaLoRA and every Partial-LoRA variant: ``base_lr`` (the seed trains
-      Partial-LoRA with LoRA's hyperparameters; DoRA and AdaLoRA use LoRA-like rates).
+    * LoRA, DoRA, AdaLoRA: ``base_lr``.
+    * Partial-LoRA and its variants: ``base_lr * sparse_scale``; by default (``sparse_scale``
+      None, ``model`` given) the scale is :func:`sparse_learning_rate_scale` of the model, i.e.
+      LoRA's rate divided by the fraction of LoRA's parameters the adapters keep (capped at
+      10x). Without ``model`` and ``sparse_scale``: ``base_lr``.
     * VeRA: ``10 x`` (it trains only scaling vectors; its paper uses rates about ten times LoRA's).
     * random-masking: ``10 x`` (Xu & Zhang: the sparser the trained set, the larger the
       learning rate it needs; at our densities, near a Partial-LoRA's count, ten times LoRA's).
@@ -452,7 +456,35 @@ def method_learning_rate(name: str, base_lr: float) -> float:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
     if not base_lr > 0:
         raise ValueError(f"base_lr={base_lr!r} is invalid: a learning rate must be positive")
-    return base_lr * LEARNING_RATE_FACTORS[name]
+    if sparse_scale is not None and not sparse_scale > 0:
+        raise ValueError(f"sparse_scale={sparse_scale!r} is invalid: a positive factor (1 = LoRA's rate)")
+    rate = base_lr * LEARNING_RATE_FACTORS[name]
+    if name in TICKET_METHODS:
+        if sparse_scale is None and model is not None:
+            sparse_scale = sparse_learning_rate_scale(model)
+        rate *= sparse_scale or 1.0
+    return rate
+
+
+MAX_SPARSE_LR_SCALE = 10.0
+
+
+def sparse_learning_rate_scale(model: nn.Module) -> float:
+    """LoRA's parameter count at the same ranks over the adapters' own, capped at 10.
+
+    AdamW moves every trained entry by about the learning rate per step, whatever the size
+    of its gradient. A kept row of a Partial-LoRA reads only ``|C|`` of the ``n`` inputs, so
+    at LoRA's rate its output moves more slowly (measured on MiniLM / BBC News at keep
+    ~0.2: 85.5 % after 3 epochs at LoRA's rate against 94.5 % for LoRA). Dividing the rate
+    by the kept fraction ``rho`` restores the pace. 1.0 when the model has no Partial-LoRA layers.
+    """
+    kept = full = 0
+    for layer in adapter_layers(model).values():
+        kept += layer.r * (len(layer.lora_rows) + len(layer.lora_columns))
+        full += layer.r * (layer.out_features + layer.in_features)
+    if not kept:
+        return 1.0
+    return min(MAX_SPARSE_LR_SCALE, full / kept)
 
 
 # -- saving --------------------------------------------------------------------------------

@@ -117,7 +117,8 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         budget=settings.budget, layer_shapes=ticket.layer_shapes() if ticket else None,
     )
     config = TrainingConfig(
-        learning_rate=method_learning_rate(method, settings.learning_rate), epochs=settings.epochs,
+        learning_rate=method_learning_rate(method, settings.learning_rate, model, settings.sparse_lr_scale),
+        epochs=settings.epochs,
         weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
         max_grad_norm=settings.max_grad_norm, checkpoint_every=settings.checkpoint_every, seed=seed,
         output_dir=str(out / "checkpoints" / label), progress=settings.progress,
@@ -134,6 +135,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         "method": method, "seed": seed, "rank": rank, "threshold": ticket.threshold if ticket else None,
         "uses_ticket": method in TICKET_METHODS,
         **{metric: outcome.metrics.get(f"eval_{metric}") for metric in task.metrics},
+        "learning_rate": config.learning_rate,
         "trainable_params": trainable_parameters(model),
         "optimizer_state_bytes": outcome.optimizer_state_bytes,
         "adapter_bytes": adapter_bytes,
@@ -264,9 +266,16 @@ def _settings_summary(settings: Settings, task: Task) -> dict[str, Any]:
         "rank / alpha": f"{settings.rank} / {settings.alpha:g}", "targets": settings.target_modules,
         "ticket": f"{settings.ticket_method}, {settings.shots} shots/class, threshold {settings.threshold} "
                   f"({settings.threshold_mode})",
-        "schedule": f"{settings.epochs} epochs, lr {settings.learning_rate:g}, batch {settings.batch_size}, "
+        "schedule": f"{settings.epochs} epochs, lr {settings.learning_rate:g} "
+                    f"(Partial-LoRA methods: x {_sparse_scale_text(settings)}), batch {settings.batch_size}, "
                     f"warm-up {settings.warmup_ratio:g}, clip {settings.max_grad_norm:g}",
     }
+
+
+def _sparse_scale_text(settings: Settings) -> str:
+    if settings.sparse_lr_scale is not None:
+        return f"{settings.sparse_lr_scale:g}"
+    return "LoRA's parameters / theirs, at most 10"
 
 
 def ticket_command(settings: Settings, args: Any) -> int:
