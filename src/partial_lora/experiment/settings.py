@@ -32,7 +32,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "bbc-gen": dict(
         model="smollm2", task="causal-lm", target_modules=["q_proj", "k_proj", "v_proj"],
-        modules_to_save=[], metric="exact_match", epochs=2, learning_rate=1e-3,
+        modules_to_save=[], metric="neg_loss", epochs=2, learning_rate=1e-3,
         batch_size=8, max_length=160, train_per_class=24, test_per_class=12,
     ),
 }
