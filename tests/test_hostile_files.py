@@ -189,3 +189,20 @@ def test_nothing_in_the_project_unpickles():
             if re.search(pattern, text):
                 offenders.append(f"{path.name}: {pattern}")
     assert not offenders, offenders
+
+
+def test_deeply_nested_or_mistyped_config_fields_are_refused(adapter_bytes, base, tmp_path):
+    """Found by benchmarks/reliability.py: JSON nested too deep, and re-signed configs whose
+    checksum or saved-module fields have the wrong types, are refused like any damage."""
+    from partial_lora.io import CONFIG_NAME, document_digest
+
+    write(tmp_path / "deep", {**adapter_bytes, CONFIG_NAME: b"[" * 100_000 + b"]" * 100_000})
+    assert_refused_and_untouched(base, tmp_path / "deep")
+    edits = {"checksums": ("base_weight_checksums", [[]]), "checksums-null": ("base_weight_checksums", None),
+             "saved": ("modules_to_save", {"classifier": 0})}
+    for label, (field, value) in edits.items():
+        document = json.loads(adapter_bytes[CONFIG_NAME])
+        document[field] = value
+        document["document_sha256"] = document_digest(document)
+        write(tmp_path / label, {**adapter_bytes, CONFIG_NAME: json.dumps(document).encode()})
+        assert_refused_and_untouched(base, tmp_path / label)

@@ -225,8 +225,9 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise AdapterFileError(f"{config_path} is missing: not a Partial-LoRA adapter folder (save one with partial_lora.save)")
     try:
         document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterFileError(f"{config_path} is not valid JSON ({err}); the file is damaged, save the adapter again") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise AdapterFileError(f"{config_path} is not valid JSON ({type(err).__name__}: {err}); the file is damaged, "
+                               "save the adapter again") from None
     if not isinstance(document, dict):
         raise AdapterFileError(f"{config_path} must hold a JSON object")
     if document.get("peft_type") is not None and document.get("format") != FORMAT:
@@ -242,9 +243,16 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
             f"{config_path} was changed or damaged (its checksum does not match its contents); restore it or "
             "save the adapter again"
         )
-    for key, kind in (("config", dict), ("layers", dict), ("modules_to_save", dict), ("weights_sha256", str)):
+    for key, kind in (("config", dict), ("layers", dict), ("modules_to_save", dict), ("weights_sha256", str),
+                      ("base_weight_checksums", dict)):
         if not isinstance(document.get(key), kind):
             raise AdapterFileError(f"{config_path}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in document["base_weight_checksums"].values()):
+        raise AdapterFileError(f"{config_path}: field 'base_weight_checksums' must map layer names to numbers")
+    for name, entries in document["modules_to_save"].items():
+        if not (isinstance(entries, dict) and all(isinstance(shape, list) and all(_non_negative_int(v) for v in shape)
+                                                  for shape in entries.values())):
+            raise AdapterFileError(f"{config_path}: the entry for saved module {name!r} must map tensor names to shapes")
     try:
         document["config"] = PartialLoraConfig.from_dict(document["config"])
     except (TypeError, ValueError) as err:
@@ -267,6 +275,10 @@ def _check_layer_info(config_path: Path, name: str, info: Any) -> None:
         raise AdapterFileError(f"{config_path}: the entry for layer {name!r} is malformed: {info!r}")
     if info["rows"] > info["shape"][0] or info["columns"] > info["shape"][1]:
         raise AdapterFileError(f"{config_path}: layer {name!r} keeps more rows/columns than it has")
+
+
+def _non_negative_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _positive_int(value: Any) -> bool:

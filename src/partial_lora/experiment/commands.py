@@ -13,8 +13,9 @@ import torch
 
 from .. import io as adapter_io
 from ..baselines import MethodNotApplicable, build_method, method_learning_rate, save_method
+from ..config import PartialLoraConfig
 from ..peft_interop import export_peft
-from ..surgery import merge, trainable_parameters
+from ..surgery import find_target_modules, merge, trainable_parameters
 from ..ticket import Ticket, find_ticket, plot_keep_ratios, ticket_overlap
 from ..training import TrainingConfig, train
 from . import report
@@ -60,13 +61,28 @@ def prepare_out(settings: Settings, *, keep: bool = False) -> Path:
     return out
 
 
-def check_input(task: Task, settings: Settings, *, ticket: bool) -> None:
-    """Fail on bad input before anything in ``--out`` is replaced: a class with fewer
-    training examples than ``--shots`` (when a ticket is derived), a ``--max-length`` the
-    model cannot take. Cheap: one example is batched."""
-    if ticket and not settings.ticket:
+def check_input(task: Task, settings: Settings, base: torch.nn.Module, *, ticket: bool) -> None:
+    """Fail on bad input before anything in ``--out`` is written or replaced.
+
+    Checks what would otherwise fail only after earlier results were replaced or part of the
+    work was written: a ``--ticket`` file that does not load, target patterns that match no
+    layer of ``base``, schedule values the training loop refuses, a class with fewer training
+    examples than ``--shots`` (when a ticket is derived), a ``--max-length`` the model cannot
+    take. Cheap: one example is batched.
+    """
+    if settings.ticket:
+        Ticket.load(settings.ticket)
+    elif ticket:
         for seed in settings.seeds:
             task.shots(seed)
+    find_target_modules(base, PartialLoraConfig(target_modules=settings.target_modules,
+                                                modules_to_save=settings.modules_to_save or []))
+    for seed in settings.seeds:
+        TrainingConfig(
+            learning_rate=settings.learning_rate, epochs=settings.epochs, weight_decay=settings.weight_decay,
+            warmup_ratio=settings.warmup_ratio, max_grad_norm=settings.max_grad_norm,
+            checkpoint_every=settings.checkpoint_every, seed=seed, output_dir=settings.out,
+        )
     task.batches(task.test.subset([0]), shuffle=False, seed=0)
 
 
@@ -175,8 +191,8 @@ def _compare(settings: Settings, *, title: str, verdict_for_run: bool) -> int:
     check_out(settings)
     started = time.perf_counter()
     task = build_task(settings)
-    task.new_model()  # loads the tokenizer once, and fails early on a bad --model
-    check_input(task, settings, ticket=any(m in TICKET_METHODS for m in settings.methods))
+    base = task.new_model()  # loads the tokenizer once, and fails early on a bad --model
+    check_input(task, settings, base, ticket=any(m in TICKET_METHODS for m in settings.methods))
     out = prepare_out(settings)
     say(settings, f"{settings.dataset}: {len(task.train)} training / {len(task.test)} test examples, "
                   f"{len(task.label_names)} classes; model {settings.model}")
@@ -287,8 +303,7 @@ def ticket_command(settings: Settings, args: Any) -> int:
     settings = resolve(settings)
     check_out(settings)
     task = build_task(settings)
-    task.new_model()
-    check_input(task, settings, ticket=True)
+    check_input(task, settings, task.new_model(), ticket=True)
     out = prepare_out(settings)
     ticket = derive_ticket(task, settings, seed=settings.seed)
     ticket.save(out / "ticket.json")
@@ -303,8 +318,7 @@ def train_command(settings: Settings, args: Any) -> int:
     settings = resolve(settings)
     check_out(settings)
     task = build_task(settings)
-    task.new_model()
-    check_input(task, settings, ticket=settings.method in TICKET_METHODS)
+    check_input(task, settings, task.new_model(), ticket=settings.method in TICKET_METHODS)
     out = prepare_out(settings)
     ticket = derive_ticket(task, settings, seed=settings.seed) if settings.method in TICKET_METHODS else None
     if ticket is not None:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..ticket.ticket import METHODS as TICKET_METHODS
+
 PACKAGED_DATASETS = ("bbc", "mnist", "bbc-gen")
 METHODS = (
     "full", "lora", "adalora", "vera", "dora", "random-masking",
@@ -98,6 +100,12 @@ class Settings:
             fail("shots", "ask for at least 1 example per class")
         if self.rank < 1:
             fail("rank", "the rank must be a positive integer")
+        if self.alpha is not None and not self.alpha > 0:
+            fail("alpha", "a positive number (LoRA's scaling is alpha / rank)")
+        if self.ticket_method not in TICKET_METHODS:
+            fail("ticket_method", f"choose one of {', '.join(TICKET_METHODS)}")
+        if self.seed < 0 or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValueError(f"seeds must be integers >= 0, got seed={self.seed!r}, seeds={self.seeds!r}")
         for name in ("method",):
             if getattr(self, name) not in METHODS:
                 fail(name, f"choose one of {', '.join(METHODS)}")

@@ -257,7 +257,7 @@ class Ticket:
         raw = path.read_bytes()
         try:
             document = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
             raise TicketFileError(
                 f"{path} is not a valid ticket: the JSON is damaged ({err}). Re-create the ticket "
                 "with find_ticket(...).save(path) or `partial-lora ticket`."

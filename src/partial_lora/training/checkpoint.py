@@ -180,7 +180,7 @@ def _pointer_target(root: Path) -> str | None:
         return None
     try:
         target = json.loads(pointer.read_text(encoding="utf-8"))["checkpoint"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError):
         raise CheckpointError(
             f"{pointer} is damaged; delete it to resume from the newest checkpoint folder in {root}"
         ) from None
@@ -205,7 +205,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         document = json.loads(document_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} has no {DOCUMENT_NAME}; it is incomplete: {fix}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise CheckpointError(f"{document_path} is not valid JSON ({err}); the checkpoint is damaged: {fix}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise CheckpointError(f"{document_path} is not a partial-lora training checkpoint: {fix}")
