@@ -73,3 +73,5 @@ def test_kill_9_during_save_leaves_one_whole_version(tmp_path):
         assert version in (printed[-1], printed[-1] + 1), (version, printed[-3:])
         versions_seen.add(version)
     assert kills == 5
+    partial_lora.save(partial_lora.load(base_model(), folder), folder)
+    assert not list(folder.glob(".*.tmp")), "a save leaves no temporary files of killed saves behind"

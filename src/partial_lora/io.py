@@ -145,6 +145,8 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
         saved_info[name] = {key: list(value.shape) for key, value in state.items()}
         for key, value in state.items():
             tensors[f"modules_to_save.{name}.{key}"] = value
+    for stale in (*directory.glob(f".{WEIGHTS_NAME}.*.tmp"), *directory.glob(f".{CONFIG_NAME}.*.tmp")):
+        stale.unlink(missing_ok=True)  # left by a save that was killed; never read
     previous = directory / PREVIOUS_WEIGHTS_NAME
     if (directory / WEIGHTS_NAME).is_file() and (directory / CONFIG_NAME).is_file():
         _keep_previous(directory / WEIGHTS_NAME, previous)
