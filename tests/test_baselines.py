@@ -16,6 +16,7 @@ from partial_lora.baselines import (
     method_learning_rate,
     random_masking_rank,
     save_method,
+    sparse_learning_rate_scale,
     uniform_keep_ratio,
 )
 
@@ -230,13 +231,10 @@ def test_learning_rate_defaults_scale_with_the_method():
 
 
 def test_partial_lora_learning_rate_scales_with_the_kept_fraction():
-    base = 2e-3
     model, _ = build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS, keep_ratio=0.25)
     # 32 x 32 layers at keep 0.25 keep 8 rows and 8 columns: a quarter of LoRA's parameters
-    assert method_learning_rate("partial-lora", base, model) == pytest.approx(4 * base)
-    assert method_learning_rate("partial-lora", base, model, sparse_scale=1.0) == base
-    assert method_learning_rate("lora", base, model) == base  # LoRA's own rate is never scaled
+    assert sparse_learning_rate_scale(model) == pytest.approx(4.0)
     tiny, _ = build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS, keep_ratio=0.01)
-    assert method_learning_rate("partial-lora", base, tiny) == pytest.approx(10 * base)  # capped
-    with pytest.raises(ValueError, match="sparse_scale"):
-        method_learning_rate("partial-lora", base, model, sparse_scale=0.0)
+    assert sparse_learning_rate_scale(tiny) == pytest.approx(10.0)  # capped
+    lora, _ = build_method("lora", tiny_bert(), r=R, target_modules=TARGETS)
+    assert sparse_learning_rate_scale(lora) == 1.0  # no Partial-LoRA layers

@@ -126,6 +126,20 @@ def test_only_trainable_parameters_change():
 
 
 
+def test_adapter_lr_scale_speeds_up_the_adapters_only():
+    """One AdamW step moves each entry by about its group's rate: the adapters 4x, the head 1x."""
+    deltas = {}
+    for scale in (1.0, 4.0):
+        model = adapted_bert()
+        before = trainable_state(model)
+        train(model, TensorBatches(classification_data(8, seed=0), batch_size=8), TrainingConfig(
+            learning_rate=1e-3, epochs=1, max_grad_norm=None, adapter_lr_scale=scale, cpu=True, progress=False))
+        deltas[scale] = {n: dict(model.named_parameters())[n].detach() - v for n, v in before.items()}
+    for name, delta in deltas[1.0].items():
+        expected = 4.0 if ("lora_A" in name or "lora_B" in name) else 1.0
+        torch.testing.assert_close(deltas[4.0][name], expected * delta, rtol=1e-4, atol=1e-9)
+
+
 def test_custom_evaluation_and_epoch_callbacks_leave_the_trajectory_unchanged():
     batches = TensorBatches(classification_data(32, seed=0), batch_size=8)
     config = TrainingConfig(learning_rate=1e-2, epochs=2, cpu=True, progress=False)

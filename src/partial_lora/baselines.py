@@ -438,15 +438,12 @@ _BUILDERS: dict[str, Callable[[nn.Module, _Request], tuple[nn.Module, MethodHook
 
 
 # -- learning rates ------------------------------------------------------------------------
-def method_learning_rate(name: str, base_lr: float, model: nn.Module | None = None,
-                         sparse_scale: float | None = None) -> float:
+def method_learning_rate(name: str, base_lr: float) -> float:
     """A sensible default learning rate for ``name``, given the one used for LoRA.
 
-    * LoRA, DoRA, AdaLoRA: ``base_lr``.
-    * Partial-LoRA and its variants: ``base_lr * sparse_scale``; by default (``sparse_scale``
-      None, ``model`` given) the scale is :func:`sparse_learning_rate_scale` of the model, i.e.
-      LoRA's rate divided by the fraction of LoRA's parameters the adapters keep (capped at
-      10x). Without ``model`` and ``sparse_scale``: ``base_lr``.
+    * LoRA, DoRA, AdaLoRA and every Partial-LoRA variant: ``base_lr`` (the Partial-LoRA
+      adapter tensors then train at ``base_lr`` times :func:`sparse_learning_rate_scale`,
+      through ``TrainingConfig.adapter_lr_scale``; a new head stays at ``base_lr``).
     * VeRA: ``10 x`` (it trains only scaling vectors; its paper uses rates about ten times LoRA's).
     * random-masking: ``10 x`` (Xu & Zhang: the sparser the trained set, the larger the
       learning rate it needs; at our densities, near a Partial-LoRA's count, ten times LoRA's).
@@ -456,27 +453,21 @@ def method_learning_rate(name: str, base_lr: float, model: nn.Module | None = No
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
     if not base_lr > 0:
         raise ValueError(f"base_lr={base_lr!r} is invalid: a learning rate must be positive")
-    if sparse_scale is not None and not sparse_scale > 0:
-        raise ValueError(f"sparse_scale={sparse_scale!r} is invalid: a positive factor (1 = LoRA's rate)")
-    rate = base_lr * LEARNING_RATE_FACTORS[name]
-    if name in TICKET_METHODS:
-        if sparse_scale is None and model is not None:
-            sparse_scale = sparse_learning_rate_scale(model)
-        rate *= sparse_scale or 1.0
-    return rate
+    return base_lr * LEARNING_RATE_FACTORS[name]
 
 
 MAX_SPARSE_LR_SCALE = 10.0
 
 
 def sparse_learning_rate_scale(model: nn.Module) -> float:
-    """LoRA's parameter count at the same ranks over the adapters' own, capped at 10.
+    """Learning-rate multiplier for Partial-LoRA adapter tensors: LoRA's parameter count at
+    the same ranks over the adapters' own, capped at 10 (1.0 without Partial-LoRA layers).
 
     AdamW moves every trained entry by about the learning rate per step, whatever the size
     of its gradient. A kept row of a Partial-LoRA reads only ``|C|`` of the ``n`` inputs, so
     at LoRA's rate its output moves more slowly (measured on MiniLM / BBC News at keep
     ~0.2: 85.5 % after 3 epochs at LoRA's rate against 94.5 % for LoRA). Dividing the rate
-    by the kept fraction ``rho`` restores the pace. 1.0 when the model has no Partial-LoRA layers.
+    by the kept fraction restores the pace. Pass the result as ``TrainingConfig.adapter_lr_scale``.
     """
     kept = full = 0
     for layer in adapter_layers(model).values():

@@ -81,8 +81,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
     "seeds": (_int_list, "comma-separated seeds, e.g. 0,1,2"),
     "epochs": (int, "training epochs"),
     "learning_rate": (float, "peak learning rate"),
-    "sparse_lr_scale": (float, "learning rate of the Partial-LoRA methods relative to LoRA's (default: "
-                               "LoRA's parameters / theirs, capped at 10; 1 = LoRA's rate)"),
+    "sparse_lr_scale": (float, "learning rate of the Partial-LoRA adapter tensors relative to LoRA's (default: "
+                               "LoRA's parameters / theirs, capped at 10; 1 = LoRA's rate); heads keep LoRA's"),
     "batch_size": (int, "batch size"),
     "weight_decay": (float, "AdamW weight decay"),
     "warmup_ratio": (float, "fraction of steps for linear warm-up"),

@@ -12,7 +12,13 @@ from typing import Any
 import torch
 
 from .. import io as adapter_io
-from ..baselines import MethodNotApplicable, build_method, method_learning_rate, save_method
+from ..baselines import (
+    MethodNotApplicable,
+    build_method,
+    method_learning_rate,
+    save_method,
+    sparse_learning_rate_scale,
+)
 from ..config import PartialLoraConfig
 from ..peft_interop import export_peft
 from ..surgery import find_target_modules, merge, trainable_parameters
@@ -133,8 +139,9 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         budget=settings.budget, layer_shapes=ticket.layer_shapes() if ticket else None,
     )
     config = TrainingConfig(
-        learning_rate=method_learning_rate(method, settings.learning_rate, model, settings.sparse_lr_scale),
-        epochs=settings.epochs,
+        learning_rate=method_learning_rate(method, settings.learning_rate), epochs=settings.epochs,
+        adapter_lr_scale=(settings.sparse_lr_scale or sparse_learning_rate_scale(model)) if method in TICKET_METHODS
+        else 1.0,
         weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
         max_grad_norm=settings.max_grad_norm, checkpoint_every=settings.checkpoint_every, seed=seed,
         output_dir=str(out / "checkpoints" / label), progress=settings.progress,
@@ -152,6 +159,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         "uses_ticket": method in TICKET_METHODS,
         **{metric: outcome.metrics.get(f"eval_{metric}") for metric in task.metrics},
         "learning_rate": config.learning_rate,
+        "adapter_learning_rate": config.learning_rate * config.adapter_lr_scale,
         "trainable_params": trainable_parameters(model),
         "optimizer_state_bytes": outcome.optimizer_state_bytes,
         "adapter_bytes": adapter_bytes,
@@ -291,7 +299,7 @@ def _settings_summary(settings: Settings, task: Task) -> dict[str, Any]:
 def _sparse_scale_text(settings: Settings) -> str:
     if settings.sparse_lr_scale is not None:
         return f"{settings.sparse_lr_scale:g}"
-    return "LoRA's parameters / theirs, at most 10"
+    return "LoRA's parameters / theirs, at most 10; heads at lr"
 
 
 def ticket_command(settings: Settings, args: Any) -> int:

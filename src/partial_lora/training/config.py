@@ -18,7 +18,7 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # Fields that shape the trajectory: a run may only be resumed with the same values.
 TRAJECTORY_FIELDS = (
     "learning_rate", "weight_decay", "betas", "eps", "epochs", "max_steps", "warmup_ratio",
-    "warmup_steps", "schedule", "max_grad_norm", "seed", "mixed_precision", "shard_batches",
+    "warmup_steps", "schedule", "max_grad_norm", "seed", "mixed_precision", "shard_batches", "adapter_lr_scale",
 )
 
 
@@ -50,6 +50,9 @@ class TrainingConfig:
         warmup_steps: warm-up length in steps; set this or ``warmup_ratio``, not both.
         schedule: after warm-up, ``"linear"`` decay to 0, ``"cosine"`` decay to 0, or ``"constant"``.
         max_grad_norm: clip the global L2 norm of the gradients to this value; None disables.
+        adapter_lr_scale: learning-rate multiplier for the Partial-LoRA adapter tensors
+            (``lora_A``/``lora_B`` of every :class:`~partial_lora.PartialLoraLayer`); other
+            trainable tensors (e.g. a new head) train at ``learning_rate`` (> 0).
         checkpoint_every: write a checkpoint every this many optimizer steps (and at the
             end) into ``output_dir/checkpoint``; None writes none.
         keep_checkpoints: how many of the newest checkpoints to keep (>= 1).
@@ -76,6 +79,7 @@ class TrainingConfig:
     warmup_steps: int | None = None
     schedule: str = "linear"
     max_grad_norm: float | None = 1.0
+    adapter_lr_scale: float = 1.0
     checkpoint_every: int | None = None
     keep_checkpoints: int = 1
     eval_every_epoch: bool = True
@@ -114,6 +118,8 @@ class TrainingConfig:
                 _fail("warmup_steps", self.warmup_steps, f"set warmup_steps or warmup_ratio (={self.warmup_ratio}), not both")
         if self.schedule not in SCHEDULES:
             _fail("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
+        if not _is_number(self.adapter_lr_scale) or self.adapter_lr_scale <= 0:
+            _fail("adapter_lr_scale", self.adapter_lr_scale, "expected a positive factor (1.0 = learning_rate)")
         if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
             _fail("max_grad_norm", self.max_grad_norm, "expected a positive number, e.g. 1.0, or None to disable clipping")
         if self.checkpoint_every is not None:

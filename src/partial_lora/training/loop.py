@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..surgery import adapter_layers
 from .batches import check_batch, count_batches, nonfinite_inputs, shard, to_device
 from .checkpoint import (
     Checkpoint,
@@ -205,9 +206,13 @@ class _Run:
 
     def _prepare(self) -> None:
         config = self.config
-        decay = [p for _, p in self.trainable if p.dim() >= 2]
-        no_decay = [p for _, p in self.trainable if p.dim() < 2]
-        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        adapters = {id(t) for layer in adapter_layers(self.model).values() for t in (layer.lora_A, layer.lora_B)}
+        groups = []
+        for adapter in (False, True):
+            rate = config.learning_rate * (config.adapter_lr_scale if adapter else 1.0)
+            chosen = [p for _, p in self.trainable if (id(p) in adapters) == adapter]
+            groups.append({"params": [p for p in chosen if p.dim() >= 2], "weight_decay": config.weight_decay, "lr": rate})
+            groups.append({"params": [p for p in chosen if p.dim() < 2], "weight_decay": 0.0, "lr": rate})
         optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]], lr=config.learning_rate, betas=config.betas, eps=config.eps
         )
