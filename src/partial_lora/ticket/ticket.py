@@ -18,12 +18,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from ..io import atomic_write_bytes
 
 FORMAT = "partial-lora-ticket/1"
 METHODS = ("svd", "svd-layerwise", "snip", "imp", "uniform")
@@ -241,10 +242,10 @@ class Ticket:
                 tensors[f"column_scores/{name}"] = columns.contiguous()
             blob = save_tensors(tensors, metadata={"format": FORMAT})
             sidecar = scores_path(path)
-            _write_atomic(sidecar, blob)
+            atomic_write_bytes(sidecar, blob)
             document["scores"] = {"file": sidecar.name, "sha256": hashlib.sha256(blob).hexdigest()}
         text = json.dumps(document, indent=2, allow_nan=False) + "\n"
-        _write_atomic(path, text.encode())
+        atomic_write_bytes(path, text.encode())
         return path
 
     @classmethod
@@ -344,20 +345,6 @@ def _read_scores(path: Path, document: Any) -> dict[str, torch.Tensor]:
         if tensor.dtype != torch.float32 or tensor.dim() != 1:
             raise TicketFileError(f"the score sidecar {sidecar}: {key} must be a 1-D float32 tensor")
     return tensors
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def equivalent_k(ratio: float, shape: tuple[int, int]) -> int:
