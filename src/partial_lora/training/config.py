@@ -51,7 +51,8 @@ class TrainingConfig:
         schedule: after warm-up, ``"linear"`` decay to 0, ``"cosine"`` decay to 0, or ``"constant"``.
         max_grad_norm: clip the global L2 norm of the gradients to this value; None disables.
         adapter_lr_scale: learning-rate multiplier for the Partial-LoRA adapter tensors
-            (``lora_A``/``lora_B`` of every :class:`~partial_lora.PartialLoraLayer`); other
+            (the tensors of every :class:`~partial_lora.PartialLoraLayer` other than the base
+            weight and bias: ``lora_A``/``lora_B``, or Partial-AdaLoRA's ``P``/``E``/``Q``); other
             trainable tensors (e.g. a new head) train at ``learning_rate`` (> 0).
         checkpoint_every: write a checkpoint every this many optimizer steps (and at the
             end) into ``output_dir/checkpoint``; None writes none.

@@ -206,7 +206,10 @@ class _Run:
 
     def _prepare(self) -> None:
         config = self.config
-        adapters = {id(t) for layer in adapter_layers(self.model).values() for t in (layer.lora_A, layer.lora_B)}
+        adapters = {  # the adapter tensors of every Partial-LoRA (and Partial-AdaLoRA) layer, not its base
+            id(parameter) for layer in adapter_layers(self.model).values()
+            for name, parameter in layer.named_parameters(recurse=False) if name not in ("weight", "bias")
+        }
         groups = []
         for adapter in (False, True):
             rate = config.learning_rate * (config.adapter_lr_scale if adapter else 1.0)
