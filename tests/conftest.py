@@ -75,3 +75,20 @@ def randomize_adapters(model, seed: int = 1) -> None:
     with torch.no_grad():
         for layer in partial_lora.adapter_layers(model).values():
             layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator, dtype=torch.float64) * 0.1)
+
+
+class PlainSGD:
+    """``p -= lr * grad``: torch.optim's first step imports torch._dynamo (seconds), not needed here."""
+
+    def __init__(self, parameters, lr: float) -> None:
+        self.parameters, self.lr = list(parameters), lr
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for parameter in self.parameters:
+            if parameter.grad is not None:
+                parameter.sub_(parameter.grad, alpha=self.lr)
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None

@@ -22,26 +22,9 @@ from partial_lora.adalora import (
     training_hooks,
 )
 
-from conftest import tiny_bert, token_batch
+from conftest import PlainSGD, tiny_bert, token_batch
 
 TARGETS = ["query", "key", "value"]
-
-
-class PlainSGD:
-    """``p -= lr * grad``: torch.optim's first step imports torch._dynamo (seconds), not needed here."""
-
-    def __init__(self, parameters, lr: float) -> None:
-        self.parameters, self.lr = list(parameters), lr
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for parameter in self.parameters:
-            if parameter.grad is not None:
-                parameter.sub_(parameter.grad, alpha=self.lr)
-
-    def zero_grad(self) -> None:
-        for parameter in self.parameters:
-            parameter.grad = None
 
 
 def randomize(model: nn.Module, seed: int = 1) -> None:

@@ -20,7 +20,7 @@ from partial_lora.baselines import (
     uniform_keep_ratio,
 )
 
-from conftest import tiny_bert, token_batch
+from conftest import PlainSGD, tiny_bert, token_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # PEFT's SHiRA
 
@@ -32,21 +32,6 @@ LORA_PER_LAYER = R * (32 + 32)
 CLASSIFIER = 32 * 3 + 3
 
 
-class PlainSGD:
-    """``p -= lr * grad``: torch.optim's first step imports torch._dynamo (seconds), not needed here."""
-
-    def __init__(self, parameters, lr: float) -> None:
-        self.parameters, self.lr = list(parameters), lr
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for parameter in self.parameters:
-            if parameter.grad is not None:
-                parameter.sub_(parameter.grad, alpha=self.lr)
-
-    def zero_grad(self) -> None:
-        for parameter in self.parameters:
-            parameter.grad = None
 # Names of the parameters each method may train (the classifier is a module to save).
 TRAINABLE = {
     "lora": r"lora_[AB]\.|classifier",

@@ -13,6 +13,7 @@ import torch
 
 from .. import io as adapter_io
 from ..baselines import (
+    TICKET_METHODS,
     MethodNotApplicable,
     build_method,
     method_learning_rate,
@@ -28,7 +29,6 @@ from . import report
 from .settings import Settings, resolve
 from .task import Task, build_task
 
-TICKET_METHODS = ("partial-lora", "partial-adalora", "targeted", "stochastic", "uniform")
 RESULT_FILES = ("results.json", "report.md", "ticket.json", "adapters",
                 "adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..ticket.ticket import METHODS as TICKET_METHODS
+from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 
 PACKAGED_DATASETS = ("bbc", "mnist", "bbc-gen")
 METHODS = (
@@ -102,8 +102,8 @@ class Settings:
             fail("rank", "the rank must be a positive integer")
         if self.alpha is not None and not self.alpha > 0:
             fail("alpha", "a positive number (LoRA's scaling is alpha / rank)")
-        if self.ticket_method not in TICKET_METHODS:
-            fail("ticket_method", f"choose one of {', '.join(TICKET_METHODS)}")
+        if self.ticket_method not in TICKET_EXTRACTION_METHODS:
+            fail("ticket_method", f"choose one of {', '.join(TICKET_EXTRACTION_METHODS)}")
         if self.seed < 0 or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be integers >= 0, got seed={self.seed!r}, seeds={self.seeds!r}")
         for name in ("method",):
