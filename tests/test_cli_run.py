@@ -204,6 +204,17 @@ def test_overwrite_with_bad_input_keeps_the_old_results(finished_run, tmp_path, 
     assert {p: p.read_bytes() for p in files_under(out)} == files
 
 
+def test_overwrite_replaces_every_output_of_the_old_run_plots_included(finished_run, tmp_path):
+    out = tmp_path / "replaced"
+    shutil.copytree(finished_run, out)
+    assert main(["run", "--out", str(out), "--overwrite", "--methods", "lora", *TINY]) == 0
+    assert [row["method"] for row in results_of(out)] == ["lora"]
+    # No ticket this time: the old ticket, its plot and Partial-LoRA's adapter must not linger.
+    assert not (out / "keep_ratios.png").exists() and not (out / "ticket.json").exists()
+    assert not (out / "adapters" / "partial-lora-seed0").exists()
+    assert (out / "metric_vs_params.png").is_file()
+
+
 # -- ticket ----------------------------------------------------------------------------
 def test_ticket_command_writes_the_ticket_and_its_plot(tmp_path, cache_dir, capsys):
     out = tmp_path / "ticket"
@@ -241,7 +252,7 @@ def test_train_saves_an_adapter_and_its_result(trained):
 def test_eval_reproduces_the_training_metrics(trained, capsys):
     out, adapter = trained
     (row,) = results_of(out)
-    assert main(["eval", str(adapter), "--test-per-class", "2", "--quiet"]) == 0
+    assert main(["eval", str(adapter), "--quiet"]) == 0  # the test-split size comes from the adapter
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["accuracy"] == pytest.approx(row["accuracy"], abs=1e-6)
     assert metrics["macro_f1"] == pytest.approx(row["macro_f1"], abs=1e-6)
@@ -341,6 +352,8 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
             ["--dataset", str(write_csv(tmp / "small.csv", news_rows({"business": 12, "rare": 4}))), *model],
             ["'rare'", "shots"]),
         "unknown method": (["--methods", "lora,magic"], ["magic", "unknown method"]),
+        "no methods": (["--methods", ","], ["methods is empty"]),
+        "unknown metric": (["--metric", "magic"], ["metric='magic'", "accuracy"]),
         "missing model": (["--model", str(tmp / "no-model")], ["--model", "no-model"]),
         "too long max length": (["--max-length", "100000"], ["--max-length", "exceeds the model's maximum of 512"]),
         "out is a file": (["--out", str(tmp / "a-file")], ["a-file", "is a file"]),
@@ -348,7 +361,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
 
 
 BAD = ["unknown dataset", "missing csv", "missing label", "missing column", "empty dataset", "unreadable file",
-       "too few for the shots", "unknown method", "missing model", "too long max length", "out is a file"]
+       "too few for the shots", "unknown method", "no methods", "unknown metric", "missing model", "too long max length", "out is a file"]
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -361,7 +374,7 @@ def test_bad_input_exits_2_with_a_message_and_writes_nothing(case, tmp_path, cac
     for word in words:
         assert word in captured.err, (word, captured.err)
     assert "Traceback" not in captured.err
-    assert not files_under(out)
+    assert not out.exists()  # not even an empty folder
 
 
 def test_train_with_an_unknown_method_exits_2(tmp_path, capsys):

@@ -16,6 +16,16 @@ adalora            AdaLoRA, ``peft.AdaLoraConfig``; ``init_r = ceil(1.5 r)``, ``
 vera               VeRA, ``peft.VeraConfig`` (its own rank ``vera_r``, default 256)
 random-masking     Random Masking (Xu & Zhang 2024): a fixed random set of ``W``'s entries is
                    trained; ``peft.ShiraConfig`` with a random mask drawn per layer
+=================  ===========================================================================
+
+PEFT's VeRA and SHiRA adapt only ``nn.Linear``; 1x1 convolution targets (EfficientNet's
+``_expand_conv`` / ``_project_conv``) are first wrapped as the linear maps they are
+(:mod:`partial_lora.pointwise`), and the saved ``training_metadata.json`` lists them under
+``pointwise_convs_as_linear`` for reloading. Other convolutions raise :class:`MethodNotApplicable`.
+
+=================  ===========================================================================
+name               what it is (and whose code)
+=================  ===========================================================================
 partial-lora       Partial-LoRA, random rows/columns at the ticket's ratios (this package)
 targeted           top-scored rows/columns at the ticket's ratios (needs ``ticket_scores``)
 stochastic         rows/columns sampled by score at the ticket's ratios (needs ``ticket_scores``)
@@ -50,6 +60,7 @@ from .config import PartialLoraConfig, lookup_key
 from .io import WEIGHTS_NAME, atomic_write_bytes
 from .io import save as save_partial_lora
 from .layer import base_shape
+from .pointwise import PointwiseConvAsLinear, is_pointwise_conv, wrap_pointwise_convs
 from .selection import layer_generator
 from .surgery import adapter_layers, apply, find_target_modules
 
@@ -264,23 +275,45 @@ def _build_adalora(model: nn.Module, request: _Request) -> tuple[nn.Module, Meth
     return peft_model, MethodHooks(callbacks=[PeftAdaLoraCallback(peft_model)])
 
 
-def _require_linear_targets(model: nn.Module, request: _Request, implementation: str) -> None:
+WRAPPED_CONVS_ATTRIBUTE = "partial_lora_pointwise_convs"
+
+
+def _linear_targets(model: nn.Module, request: _Request, implementation: str) -> dict[str, nn.Linear]:
+    """The targets as ``nn.Linear`` modules for a linear-only PEFT method, by the name to give PEFT.
+
+    1x1 convolutions are wrapped (:func:`partial_lora.pointwise.wrap_pointwise_convs`; the
+    model records their names under ``partial_lora_pointwise_convs``); any other kind of
+    target raises :class:`MethodNotApplicable`.
+    """
     targets = _targets(model, request)
-    others = [name for name, module in targets.items() if not isinstance(module, nn.Linear)]
+    _check_linear_capable(targets, request, implementation)
+    convs = [name for name, module in targets.items() if not isinstance(module, nn.Linear)]
+    names = wrap_pointwise_convs(model, targets)
+    if convs:
+        setattr(model, WRAPPED_CONVS_ATTRIBUTE, convs)
+    modules = dict(model.named_modules())
+    return {name: modules[name] for name in names}
+
+
+def _check_linear_capable(targets: Mapping[str, nn.Module], request: _Request, implementation: str) -> None:
+    others = [name for name, module in targets.items()
+              if not isinstance(module, (nn.Linear, PointwiseConvAsLinear)) and not is_pointwise_conv(module)]
     if others:
         raise MethodNotApplicable(
-            f"{request.name}: {implementation} adapts only nn.Linear layers, and {len(others)} of the {len(targets)} "
-            f"targets are not ({', '.join(others[:2])}{' ...' if len(others) > 2 else ''}); give nn.Linear targets"
+            f"{request.name}: {implementation} adapts only nn.Linear layers (and, here, 1x1 convolutions), and "
+            f"{len(others)} of the {len(targets)} targets are neither ({', '.join(others[:2])}"
+            f"{' ...' if len(others) > 2 else ''}); give nn.Linear or 1x1-convolution targets"
         )
 
 
 def _build_vera(model: nn.Module, request: _Request) -> tuple[nn.Module, MethodHooks]:
     from peft import VeraConfig
 
-    _require_linear_targets(model, request, "PEFT's VeRA")
+    targets = _linear_targets(model, request, "PEFT's VeRA")
     options = request.options
     config = VeraConfig(r=options["vera_r"], projection_prng_key=request.seed, vera_dropout=options["dropout"],
-                        d_initial=options["d_initial"], save_projection=True, **_peft_common(request))
+                        d_initial=options["d_initial"], save_projection=True,
+                        **{**_peft_common(request), "target_modules": list(targets)})
     return _peft_model(model, config, request.seed), MethodHooks()
 
 
@@ -291,22 +324,26 @@ def _build_random_masking(model: nn.Module, request: _Request) -> tuple[nn.Modul
         raise ImportError(
             "random-masking uses PEFT's SHiRA with a random mask; install a PEFT that has ShiraConfig"
         ) from None
-    _require_linear_targets(model, request, "PEFT's SHiRA (random masks)")
-    targets = _targets(model, request)
-    shapes = {name: base_shape(module) for name, module in targets.items()}
+    implementation = "PEFT's SHiRA (random masks)"
+    original = _targets(model, request)  # the ticket names these (a wrapped conv gains ".linear")
+    _check_linear_capable(original, request, implementation)
+    shapes = {name: base_shape(module) for name, module in original.items()}
     masking_r = request.options["masking_r"]
     if masking_r is None and request.budget is not None:
         masking_r = max(1, round(request.budget / sum(m + n for m, n in shapes.values())))
     elif masking_r is None:
-        masking_r = random_masking_rank(_resolved_ratios(request, targets), shapes, request.r)
+        masking_r = random_masking_rank(_resolved_ratios(request, original), shapes, request.r)
     for name, (m, n) in shapes.items():
         if masking_r * (m + n) > m * n:
             raise ValueError(
                 f"masking_r={masking_r} would train {masking_r * (m + n)} entries of {name} ({m} x {n}), more than it "
                 "has; lower masking_r"
             )
-    config = ShiraConfig(r=masking_r, mask_type="random", random_seed=request.seed, **_peft_common(request))
-    config.mask_fn = _per_layer_random_mask({id(module): name for name, module in targets.items()}, request.seed)
+    targets = _linear_targets(model, request, implementation)  # checked: the model changes from here
+    config = ShiraConfig(r=masking_r, mask_type="random", random_seed=request.seed,
+                         **{**_peft_common(request), "target_modules": list(targets)})
+    config.mask_fn = _per_layer_random_mask(
+        {id(module): name for name, module in zip(original, targets.values())}, request.seed)
     return _peft_model(model, config, request.seed), MethodHooks()
 
 
@@ -520,6 +557,11 @@ def save_method(
             )
         model.save_pretrained(str(directory))
         path = directory / WEIGHTS_NAME
+    wrapped = getattr(model, WRAPPED_CONVS_ATTRIBUTE, None) or getattr(
+        getattr(getattr(model, "base_model", None), "model", None), WRAPPED_CONVS_ATTRIBUTE, None)
+    if wrapped:
+        # Reloading needs the same modules: wrap_pointwise_convs(base, these names) first.
+        metadata = {**dict(metadata or {}), "pointwise_convs_as_linear": list(wrapped)}
     if metadata:
         text = json.dumps(dict(metadata), indent=2, default=str) + "\n"
         atomic_write_bytes(directory / METADATA_NAME, text.encode())

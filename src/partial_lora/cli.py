@@ -103,7 +103,7 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
             COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds"]),
     "ticket": ("derive per-layer keep ratios from a few labelled examples",
                ["dataset", "model", "task", "text_column", "label_column", "out", "overwrite", "max_length",
-                "seed", "target_modules"] + TICKET[1:]),
+                "train_per_class", "test_per_class", "seed", "target_modules"] + TICKET[1:]),
     "train": ("train one method and save its adapter", COMMON + TICKET + ADAPTER + SCHEDULE + ["method"]),
     "eval": ("evaluate a saved adapter on the test split", COMMON),
     "export": ("export a Partial-LoRA adapter folder as a PEFT LoRA folder", ["model", "dataset", "out", "overwrite"]),

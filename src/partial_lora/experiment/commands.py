@@ -29,6 +29,7 @@ from . import report
 from .settings import Settings, resolve
 from .task import Task, build_task
 
+PLOT_FILES = ("metric_vs_params.png", "keep_ratios.png")
 RESULT_FILES = ("results.json", "report.md", "ticket.json", "adapters",
                 "adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
 
@@ -57,7 +58,7 @@ def prepare_out(settings: Settings, *, keep: bool = False) -> Path:
     out = Path(settings.out)
     existing = check_out(settings, keep=keep)
     if existing and settings.overwrite and not settings.resume:
-        for name in (*RESULT_FILES, "checkpoints", "partial"):
+        for name in (*RESULT_FILES, *PLOT_FILES, "checkpoints", "partial", "tickets"):
             target = out / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -180,6 +181,7 @@ def _metadata(task: Task, settings: Settings, method: str) -> dict[str, Any]:
     return {
         "model": settings.model, "dataset": settings.dataset, "task": task.kind, "method": method,
         "label_names": task.label_names, "max_length": settings.max_length,
+        "train_per_class": settings.train_per_class, "test_per_class": settings.test_per_class,
     }
 
 
@@ -342,7 +344,8 @@ def train_command(settings: Settings, args: Any) -> int:
 def _base_for_adapter(settings: Settings, adapter: Path) -> tuple[Task, torch.nn.Module, dict[str, Any]]:
     document = adapter_io.read_config(adapter)
     metadata = document.get("metadata") or {}
-    updates = {k: metadata[k] for k in ("model", "dataset", "max_length") if metadata.get(k) and
+    updates = {k: metadata[k] for k in ("model", "dataset", "max_length", "train_per_class", "test_per_class")
+               if metadata.get(k) and
                getattr(settings, k) in (None, Settings().__getattribute__(k))}
     settings = resolve(replace(settings, **updates))
     task = build_task(settings)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..ticket.metrics import BUILTIN as TICKET_METRICS
 from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 
 PACKAGED_DATASETS = ("bbc", "mnist", "bbc-gen")
@@ -109,6 +110,10 @@ class Settings:
         for name in ("method",):
             if getattr(self, name) not in METHODS:
                 fail(name, f"choose one of {', '.join(METHODS)}")
+        if not self.methods:
+            raise ValueError("methods is empty: name at least one method, e.g. --methods lora,partial-lora")
+        if self.metric is not None and self.metric not in TICKET_METRICS:
+            fail("metric", f"choose one of {', '.join(TICKET_METRICS)}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")

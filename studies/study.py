@@ -1,0 +1,147 @@
+"""Run the Partial-LoRA study and write docs/RESULTS.md with its plots.
+
+    python -m studies.study                                  # everything (hours on 2 CPU cores)
+    python -m studies.study --settings mnist --parts main,matched
+    python -m studies.study --document-only                  # rewrite the document from the runs
+    python -m studies.study --smoke --runs /tmp/s --doc /tmp/s/RESULTS.md   # tiny version (CI)
+
+Every part is a ``partial-lora`` command (see :mod:`studies.plan`) whose output folder is
+``--runs/<setting>/<part>/``, with the exact command in ``command.txt`` next to it. A part whose
+results exist is reused; one cut short resumes (``compare --resume``). The document is then
+written from whatever the runs folder holds, and says which parts are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from partial_lora.cli import main as partial_lora_main
+
+from . import plan
+from .document import write_document
+from .runs import load_setting_runs, main_tickets, matched_rank
+
+DEFAULT_RUNS = Path("runs/study")
+DEFAULT_DOC = Path("docs/RESULTS.md")
+
+
+def part_commands(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[int], smoke: bool) -> list[list[str]]:
+    """The ``partial-lora`` argument lists of one part (several for ``tickets``)."""
+    out = runs / setting.dataset / part
+    common = ["--dataset", setting.dataset, *setting.extra_args, *(plan.SMOKE_DATA_ARGS if smoke else ())]
+    seed_list = ",".join(map(str, seeds))
+    compare = ["compare", *common, *(plan.SMOKE_TRAIN_ARGS if smoke else ()), "--seeds", seed_list, "--out", str(out), "--resume"]
+    if part == "main":
+        return [[*compare, "--methods", ",".join(setting.methods)]]
+    if part == "matched":
+        rank = matched_rank(runs / setting.dataset / "main")
+        return [[*compare, "--methods", "lora", "--rank", str(rank)]]
+    if part == "thresholds":
+        return [[*compare, "--methods", "partial-lora", "--thresholds", ",".join(map(str, plan.EXTRA_THRESHOLDS))]]
+    if part == "absolute":
+        return [[*compare, "--methods", "partial-lora", "--threshold-mode", "absolute",
+                 "--thresholds", ",".join(map(str, plan.ABSOLUTE_THRESHOLDS))]]
+    if part == "ranks":
+        return [[*compare, "--methods", "lora,partial-lora", "--ranks", ",".join(map(str, plan.EXTRA_RANKS))]]
+    if part == "tickets":
+        default_shots = 2 if smoke else 16
+        jobs = [("svd", shots, seed) for shots in setting.shots for seed in seeds]
+        jobs += [(method, default_shots, seed) for method in plan.TICKET_METHODS if method != "svd" for seed in seeds]
+        commands = []
+        for method, shots, seed in jobs:
+            folder = out / f"{method}-shots{shots}-seed{seed}"
+            commands.append(["ticket", *common, "--ticket-method", method, "--shots", str(shots), "--seed", str(seed),
+                             "--out", str(folder), "--overwrite"])
+        return commands
+    raise ValueError(f"unknown part {part!r}; choose from {', '.join(plan.PARTS)}")
+
+
+def _finished(argv: list[str]) -> bool:
+    out = Path(argv[argv.index("--out") + 1])
+    return (out / ("results.json" if argv[0] == "compare" else "ticket.json")).is_file()
+
+
+def run_part(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[int], smoke: bool, quiet: bool) -> None:
+    commands = part_commands(setting, part, runs, seeds=seeds, smoke=smoke)
+    folder = runs / setting.dataset / part
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "command.txt").write_text("\n".join("partial-lora " + shlex.join(c) for c in commands) + "\n")
+    for argv in commands:
+        if _finished(argv):
+            continue
+        started = time.perf_counter()
+        print(f"[study] partial-lora {shlex.join(argv)}", flush=True)
+        status = partial_lora_main([*argv, *(["--quiet"] if quiet else [])])
+        if status != 0:
+            raise SystemExit(f"[study] failed ({status}): partial-lora {shlex.join(argv)}")
+        print(f"[study] done in {time.perf_counter() - started:.0f} s", flush=True)
+    if part == "main" and not (folder / "base_norms.json").is_file():
+        record_base_norms(setting, folder)
+
+
+def record_base_norms(setting: plan.Setting, folder: Path) -> None:
+    """``base_norms.json``: ``{layer: ||W||_F}`` of the pretrained target layers (for item 8)."""
+    import torch
+
+    from partial_lora.experiment.settings import Settings, resolve
+    from partial_lora.layer import base_shape
+    from partial_lora.models import load_model
+
+    tickets = main_tickets(folder)
+    if not tickets:
+        return
+    resolved = resolve(Settings(dataset=setting.dataset))
+    model, _ = load_model(resolved.model, task=resolved.task, num_labels=None if resolved.task == "causal-lm" else 2)
+    modules = dict(model.named_modules())
+    norms = {}
+    for name in tickets[0].layers:
+        weight = modules[name].weight.detach().double()
+        norms[name] = float(torch.linalg.vector_norm(weight.reshape(base_shape(modules[name]))))
+    (folder / "base_norms.json").write_text(json.dumps(norms, indent=1) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studies.study", description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", default=None, help="comma-separated settings (default: all of the plan)")
+    parser.add_argument("--parts", default=None, help=f"comma-separated parts (default: each setting's; {plan.PARTS})")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; smoke 0,1)")
+    parser.add_argument("--runs", type=Path, default=DEFAULT_RUNS, help="where the runs go (default runs/study)")
+    parser.add_argument("--doc", type=Path, default=DEFAULT_DOC, help="the document to write (default docs/RESULTS.md)")
+    parser.add_argument("--smoke", action="store_true", help="tiny slices, 2 seeds: a check that every part works")
+    parser.add_argument("--document-only", action="store_true", help="write the document from existing runs")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    catalogue = plan.SMOKE_SETTINGS if args.smoke else plan.SETTINGS
+    names = args.settings.split(",") if args.settings else list(catalogue)
+    unknown = [n for n in names if n not in catalogue]
+    if unknown:
+        parser.error(f"unknown setting(s) {unknown}; choose from {', '.join(catalogue)}")
+    parts = args.parts.split(",") if args.parts else None
+    if parts and any(p not in plan.PARTS for p in parts):
+        parser.error(f"unknown part(s) in {parts}; choose from {', '.join(plan.PARTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else ([0, 1] if args.smoke else list(plan.SEEDS))
+    if not args.document_only:
+        for name in names:
+            setting = catalogue[name]
+            for part in setting.parts:
+                if parts is None or part in parts:
+                    run_part(setting, part, args.runs, seeds=seeds, smoke=args.smoke, quiet=args.quiet)
+    loaded = {name: load_setting_runs(catalogue[name], args.runs) for name in catalogue}
+    path = write_document(loaded, args.doc, smoke=args.smoke, invocation=_invocation(argv), runs_folder=args.runs)
+    print(f"[study] wrote {path}")
+    return 0
+
+
+def _invocation(argv: Sequence[str] | None) -> str:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    return "python -m studies.study " + shlex.join(arguments) if arguments else "python -m studies.study"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
