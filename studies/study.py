@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -67,10 +68,52 @@ def _finished(argv: list[str]) -> bool:
     return (out / ("results.json" if argv[0] == "compare" else "ticket.json")).is_file()
 
 
+def _claim(folder: Path) -> bool:
+    """Take ``folder/.running`` for this process; False if another live process holds it.
+
+    Lets several ``studies.study`` processes share one runs folder (e.g. one per core, each
+    with ``OMP_NUM_THREADS=1``): a part being run elsewhere is skipped, not run twice.
+    """
+    lock = folder / ".running"
+    while True:
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                holder = int(lock.read_text() or 0)
+                os.kill(holder, 0)
+                return False  # alive
+            except (ValueError, ProcessLookupError):
+                lock.unlink(missing_ok=True)  # left by a process that died
+                continue
+            except PermissionError:
+                return False
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        return True
+
+
 def run_part(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[int], smoke: bool, quiet: bool) -> None:
-    commands = part_commands(setting, part, runs, seeds=seeds, smoke=smoke)
+    try:
+        commands = part_commands(setting, part, runs, seeds=seeds, smoke=smoke)
+    except FileNotFoundError as missing:  # matched needs main's results (perhaps still being run elsewhere)
+        print(f"[study] {setting.dataset}/{part} skipped: {missing}", flush=True)
+        return
     folder = runs / setting.dataset / part
     folder.mkdir(parents=True, exist_ok=True)
+    if all(_finished(argv) for argv in commands):
+        _record_extras(setting, part, folder)
+        return
+    if not _claim(folder):
+        print(f"[study] {setting.dataset}/{part} is being run by another process; skipped", flush=True)
+        return
+    try:
+        _run_commands(setting, part, folder, commands, quiet=quiet)
+    finally:
+        (folder / ".running").unlink(missing_ok=True)
+
+
+def _run_commands(setting: plan.Setting, part: str, folder: Path, commands: list[list[str]], *, quiet: bool) -> None:
     (folder / "command.txt").write_text("\n".join("partial-lora " + shlex.join(c) for c in commands) + "\n")
     for argv in commands:
         if _finished(argv):
@@ -81,6 +124,10 @@ def run_part(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[in
         if status != 0:
             raise SystemExit(f"[study] failed ({status}): partial-lora {shlex.join(argv)}")
         print(f"[study] done in {time.perf_counter() - started:.0f} s", flush=True)
+    _record_extras(setting, part, folder)
+
+
+def _record_extras(setting: plan.Setting, part: str, folder: Path) -> None:
     if part == "main" and not (folder / "base_norms.json").is_file():
         record_base_norms(setting, folder)
 

@@ -8,6 +8,7 @@ plot, that the parameter-matched LoRA really is matched, and that re-running reu
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -87,3 +88,15 @@ def test_rerunning_reuses_finished_runs(smoke, capsys):
     assert "[study] partial-lora" not in capsys.readouterr().out  # nothing trained again
     assert stamp == {p: p.stat().st_mtime for p in (smoke / "runs" / "bbc").glob("*/results.json")}
     assert (smoke / "again.md").read_text().split("\n", 3)[3] == (smoke / "RESULTS.md").read_text().split("\n", 3)[3]
+
+
+def test_a_part_held_by_a_live_process_is_skipped_and_a_dead_holders_lock_is_taken(tmp_path):
+    from studies.study import _claim
+
+    folder = tmp_path / "part"
+    folder.mkdir()
+    (folder / ".running").write_text(str(os.getppid()))  # alive: the process that started pytest
+    assert not _claim(folder)
+    (folder / ".running").write_text("999999999")  # no such process
+    assert _claim(folder)
+    assert (folder / ".running").read_text() == str(os.getpid())
