@@ -56,7 +56,7 @@ class Setting:
 
 
 SETTINGS = {
-    "bbc": Setting("bbc", "MiniLM-L12 on BBC News (5 classes, accuracy)"),
+    "bbc": Setting("bbc", "MiniLM-L6 (all-MiniLM-L6-v2) on BBC News (5 classes, accuracy)"),
     "mnist": Setting("mnist", "EfficientNet-Lite0 on MNIST-5k (10 classes, accuracy)"),
     # SmolLM2 costs 3.5-6 CPU minutes per trained method and seed: only LoRA and Partial-LoRA
     # are trained (plus tickets); 24 training examples per class cap the shots at 16.
