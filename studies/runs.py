@@ -53,16 +53,25 @@ def load_setting_runs(setting: plan.Setting, runs: Path) -> SettingRuns:
         command = folder / part / "command.txt"
         if command.is_file():
             loaded.commands[part] = command.read_text().strip()
-        results = folder / part / "results.json"
-        if results.is_file():
-            loaded.results[part] = json.loads(results.read_text())["results"]
-        elif part != "tickets" and (folder / part / "partial").is_dir():
+        if part == "tickets":
+            continue
+        # One compare writes <part>/results.json; a part of several compares, <part>/<name>/results.json.
+        outs = [folder / part] if (folder / part / "results.json").is_file() else \
+            sorted(p for p in (folder / part).glob("*") if p.is_dir() and (p / "results.json").is_file())
+        expected = len(command.read_text().strip().splitlines()) if command.is_file() else 1
+        rows = [row for out in outs for row in json.loads((out / "results.json").read_text())["results"]]
+        if len(outs) < expected:
             # A part cut short: the runs it finished (compare --resume writes one file per run).
-            finished = sorted((folder / part / "partial").glob("*.json"))
-            if finished:
-                rows = [json.loads(f.read_text()) for f in finished]
-                loaded.results[part] = [{k: v for k, v in row.items() if k != "history"} for row in rows]
+            finished = sorted((folder / part).glob("**/partial/*.json"))
+            done = {(r["method"], r["seed"], r["rank"], r["threshold"]) for r in rows}
+            for file in finished:
+                row = {k: v for k, v in json.loads(file.read_text()).items() if k != "history"}
+                if (row["method"], row["seed"], row["rank"], row["threshold"]) not in done:
+                    rows.append(row)
+            if rows:
                 loaded.incomplete.append(part)
+        if rows:
+            loaded.results[part] = rows
     tickets = folder / "tickets"
     if tickets.is_dir():
         for ticket_file in sorted(tickets.glob("*/ticket.json")):

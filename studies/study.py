@@ -48,12 +48,14 @@ def part_commands(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequen
     if part == "absolute":
         return [[*compare, "--methods", "partial-lora", "--threshold-mode", "absolute",
                  "--thresholds", ",".join(map(str, plan.ABSOLUTE_THRESHOLDS))]]
-    if part == "ranks":
-        return [[*compare, "--methods", "lora,partial-lora", "--ranks", ",".join(map(str, plan.EXTRA_RANKS))]]
+    if part == "ranks":  # one compare per method and rank, each in its own folder
+        return [["compare", *common, *(plan.SMOKE_TRAIN_ARGS if smoke else ()), "--seeds", seed_list,
+                 "--out", str(out / f"{method}-r{rank}"), "--resume", "--methods", method, "--rank", str(rank)]
+                for method, rank in plan.RANK_SWEEP.items()]
     if part == "tickets":
         default_shots = 2 if smoke else 16
         jobs = [("svd", shots, seed) for shots in setting.shots for seed in seeds]
-        jobs += [(method, default_shots, seed) for method in plan.TICKET_METHODS if method != "svd" for seed in seeds]
+        jobs += [(method, default_shots, seed) for method in setting.ticket_methods if method != "svd" for seed in seeds]
         commands = []
         for method, shots, seed in jobs:
             folder = out / f"{method}-shots{shots}-seed{seed}"

@@ -47,7 +47,7 @@ def test_every_section_has_its_table_plot_and_command(smoke):
     for subsection in bbc:
         body = subsection.split("### ")[0]
         assert "Missing" not in body and "Incomplete" not in body
-    assert text.count("partial-lora compare --dataset bbc") == 5  # main, matched, thresholds, absolute, ranks
+    assert text.count("partial-lora compare --dataset bbc") == 6  # main, matched, thresholds, absolute, ranks x 2
     assert "partial-lora ticket --dataset bbc" in text
     for name in ("bbc-main", "bbc-thresholds", "bbc-ranks", "bbc-tickets", "bbc-layers"):
         assert (smoke / "results" / f"{name}.png").stat().st_size > 5_000
