@@ -292,10 +292,9 @@ def threshold_section(w: Writer) -> None:
 
 def rank_section(w: Writer) -> None:
     w.add("## 6. Rank sweep", "",
-          "LoRA and Partial-LoRA at several ranks (alpha = 2 r; Partial-LoRA with each seed's ticket ratios). The "
-          "plan runs LoRA at rank 4 and Partial-LoRA at rank 16 next to both at 8 (main); the MNIST part was run "
-          "by an earlier version of the plan that trained both methods at 4 and 16. The seed's Fig. 6 claim: a "
-          "higher rank with a sparser mask beats a lower dense rank at a similar count.", "")
+          "LoRA at rank 4 and Partial-LoRA at rank 16, next to both at rank 8 (main); alpha = 2 r, Partial-LoRA "
+          "with each seed's ticket ratios. The seed's Fig. 6 claim: a higher rank with a sparser mask beats a "
+          "lower dense rank at a similar count.", "")
     for name, runs in w.runs.items():
         w.add(f"### {runs.setting.title}", "")
         if w.missing(runs, "main", "ranks"):
@@ -466,8 +465,8 @@ def write_document(runs: dict[str, SettingRuns], doc: Path, *, smoke: bool, invo
     w.runs_folder = runs_folder or Path("runs/study")
     today = datetime.date.today().isoformat()
     w.add("# Results: Partial-LoRA at small scale, on real models" + (" (SMOKE RUN: tiny slices, not results)" if smoke else ""),
-          "", f"Generated {today} by `{invocation}` from the runs in `{w.runs_folder}`; each section names the "
-          "`partial-lora` commands behind it. CPU only (2 cores). Metric values are percentages, mean ± sample "
+          "", f"Written {today} by `{invocation}` from the runs `python -m studies.study` made in `{w.runs_folder}`; "
+          "each section names the `partial-lora` commands behind its numbers. CPU only (2 cores). Metric values are percentages, mean ± sample "
           "standard deviation over seeds; the raw rows are in `results/study.json`.", "")
     for section in (main_table, matched_table, selection_table, uniform_table, threshold_section, rank_section,
                     ticket_section, layer_section):

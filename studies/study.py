@@ -104,6 +104,7 @@ def run_part(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[in
     folder = runs / setting.dataset / part
     folder.mkdir(parents=True, exist_ok=True)
     if all(_finished(argv) for argv in commands):
+        _write_commands(folder, commands)
         _record_extras(setting, part, folder)
         return
     if not _claim(folder):
@@ -115,8 +116,12 @@ def run_part(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[in
         (folder / ".running").unlink(missing_ok=True)
 
 
-def _run_commands(setting: plan.Setting, part: str, folder: Path, commands: list[list[str]], *, quiet: bool) -> None:
+def _write_commands(folder: Path, commands: list[list[str]]) -> None:
     (folder / "command.txt").write_text("\n".join("partial-lora " + shlex.join(c) for c in commands) + "\n")
+
+
+def _run_commands(setting: plan.Setting, part: str, folder: Path, commands: list[list[str]], *, quiet: bool) -> None:
+    _write_commands(folder, commands)
     for argv in commands:
         if _finished(argv):
             continue
