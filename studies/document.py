@@ -22,8 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from partial_lora.ticket import Ticket, ticket_overlap  # noqa: E402
 
-from . import plan  # noqa: E402
-from .runs import SettingRuns  # noqa: E402
+from .runs import SettingRuns, main_tickets  # noqa: E402
 
 DISCUSSION = Path(__file__).with_name("discussion.md")
 ITEM1_METHODS = ("full", "lora", "adalora", "vera", "dora", "random-masking", "partial-lora", "partial-adalora")
@@ -133,8 +132,8 @@ def _scatter(groups: Sequence[Group], path: Path, title: str, metric: str) -> st
 
 # -- sections --------------------------------------------------------------------------
 class Writer:
-    def __init__(self, doc: Path, runs: dict[str, SettingRuns]) -> None:
-        self.doc, self.runs = doc, runs
+    def __init__(self, doc: Path, runs: dict[str, SettingRuns], runs_folder: Path) -> None:
+        self.doc, self.runs, self.runs_folder = doc, runs, runs_folder
         self.images = doc.parent / "results"
         self.lines: list[str] = []
 
@@ -188,9 +187,7 @@ def main_table(w: Writer) -> None:
         skipped = [m for m in ITEM1_METHODS if m in runs.setting.methods and m not in trained]
         if skipped:
             w.add(f"Not trained (see the notes in `runs/study/{name}/main/results.json`): {', '.join(skipped)}.", "")
-        unplanned = [m for m in ITEM1_METHODS if m not in runs.setting.methods]
-        if unplanned:
-            w.add(f"*Not run for this setting (cost; see `studies/plan.py`): {', '.join(unplanned)}.*", "")
+        _not_planned(w, runs, ITEM1_METHODS)
         w.add(_partial_vs_lora(runs), "")
         w.image(_scatter(groups, w.images / f"{name}-main.png", f"{name}: {runs.metric} vs trainable parameters",
                          runs.metric), f"{name} main table")
@@ -223,17 +220,23 @@ def matched_table(w: Writer) -> None:
         w.commands(runs, "matched")
 
 
-def selection_table(w: Writer) -> None:
-    w.add("## 3. Random vs targeted vs stochastic selection", "",
-          "The same per-layer ratios (each seed's ticket); rows and columns chosen at random (Partial-LoRA), "
-          "the top-scored ones (targeted, the seed's Targeted-LoRA) or sampled in proportion to the score "
-          "(stochastic).", "")
+def _main_subset_section(w: Writer, heading: str, intro: str, methods: Sequence[str]) -> None:
+    """A table of Partial-LoRA against ``methods``, all trained in the main part at the ticket's ratios."""
+    w.add(heading, "", intro, "")
     for name, runs in w.runs.items():
         w.add(f"### {runs.setting.title}", "")
-        rows = [r for r in runs.rows("main") if r["method"] in ("partial-lora", "targeted", "stochastic")]
-        if w.missing(runs, "main") or _not_planned(w, runs, ("targeted", "stochastic")):
+        if w.missing(runs, "main") or _not_planned(w, runs, methods):
             continue
+        rows = [r for r in runs.rows("main") if r["method"] in ("partial-lora", *methods)]
         w.add(*_table(group(rows, runs.metric, _method_label), runs.metric, _lora_reference(runs)), "")
+
+
+def selection_table(w: Writer) -> None:
+    _main_subset_section(
+        w, "## 3. Random vs targeted vs stochastic selection",
+        "The same per-layer ratios (each seed's ticket); rows and columns chosen at random (Partial-LoRA), "
+        "the top-scored ones (targeted, the seed's Targeted-LoRA) or sampled in proportion to the score "
+        "(stochastic).", ("targeted", "stochastic"))
 
 
 def _not_planned(w: Writer, runs: SettingRuns, methods: Sequence[str]) -> bool:
@@ -244,15 +247,10 @@ def _not_planned(w: Writer, runs: SettingRuns, methods: Sequence[str]) -> bool:
 
 
 def uniform_table(w: Writer) -> None:
-    w.add("## 4. Derived vs uniform ratios", "",
-          "Uniform uses one keep ratio for every layer, chosen so its adapters total (never more than) what the "
-          "ticket's per-layer ratios total.", "")
-    for name, runs in w.runs.items():
-        w.add(f"### {runs.setting.title}", "")
-        rows = [r for r in runs.rows("main") if r["method"] in ("partial-lora", "uniform")]
-        if w.missing(runs, "main") or _not_planned(w, runs, ("uniform",)):
-            continue
-        w.add(*_table(group(rows, runs.metric, _method_label), runs.metric, _lora_reference(runs)), "")
+    _main_subset_section(
+        w, "## 4. Derived vs uniform ratios",
+        "Uniform uses one keep ratio for every layer, chosen so its adapters total (never more than) what the "
+        "ticket's per-layer ratios total.", ("uniform",))
 
 
 def threshold_section(w: Writer) -> None:
@@ -421,8 +419,6 @@ def layer_section(w: Writer) -> None:
         w.add(f"### {runs.setting.title}", "")
         if w.missing(runs, "main") or not runs.updates:
             continue
-        from .runs import main_tickets
-
         tickets = main_tickets(w.runs_folder / runs.setting.dataset / "main")
         if not tickets:
             continue
@@ -461,8 +457,7 @@ def write_document(runs: dict[str, SettingRuns], doc: Path, *, smoke: bool, invo
     """Write ``doc`` (markdown) and its PNGs under ``doc.parent / 'results'``; return ``doc``."""
     doc = Path(doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    w = Writer(doc, runs)
-    w.runs_folder = runs_folder or Path("runs/study")
+    w = Writer(doc, runs, runs_folder or Path("runs/study"))
     today = datetime.date.today().isoformat()
     w.add("# Results: Partial-LoRA at small scale, on real models" + (" (SMOKE RUN: tiny slices, not results)" if smoke else ""),
           "", f"Written {today} by `{invocation}` from the runs `python -m studies.study` made in `{w.runs_folder}`; "

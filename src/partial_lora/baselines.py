@@ -278,15 +278,12 @@ def _build_adalora(model: nn.Module, request: _Request) -> tuple[nn.Module, Meth
 WRAPPED_CONVS_ATTRIBUTE = "partial_lora_pointwise_convs"
 
 
-def _linear_targets(model: nn.Module, request: _Request, implementation: str) -> dict[str, nn.Linear]:
-    """The targets as ``nn.Linear`` modules for a linear-only PEFT method, by the name to give PEFT.
+def _as_linear(model: nn.Module, targets: Mapping[str, nn.Module]) -> dict[str, nn.Linear]:
+    """``targets`` (checked by :func:`_check_linear_capable`) as ``nn.Linear`` modules, by the name to give PEFT.
 
     1x1 convolutions are wrapped (:func:`partial_lora.pointwise.wrap_pointwise_convs`; the
-    model records their names under ``partial_lora_pointwise_convs``); any other kind of
-    target raises :class:`MethodNotApplicable`.
+    model records their names under ``partial_lora_pointwise_convs``).
     """
-    targets = _targets(model, request)
-    _check_linear_capable(targets, request, implementation)
     convs = [name for name, module in targets.items() if not isinstance(module, nn.Linear)]
     names = wrap_pointwise_convs(model, targets)
     if convs:
@@ -309,7 +306,9 @@ def _check_linear_capable(targets: Mapping[str, nn.Module], request: _Request, i
 def _build_vera(model: nn.Module, request: _Request) -> tuple[nn.Module, MethodHooks]:
     from peft import VeraConfig
 
-    targets = _linear_targets(model, request, "PEFT's VeRA")
+    targets = _targets(model, request)
+    _check_linear_capable(targets, request, "PEFT's VeRA")
+    targets = _as_linear(model, targets)
     options = request.options
     config = VeraConfig(r=options["vera_r"], projection_prng_key=request.seed, vera_dropout=options["dropout"],
                         d_initial=options["d_initial"], save_projection=True,
@@ -324,9 +323,8 @@ def _build_random_masking(model: nn.Module, request: _Request) -> tuple[nn.Modul
         raise ImportError(
             "random-masking uses PEFT's SHiRA with a random mask; install a PEFT that has ShiraConfig"
         ) from None
-    implementation = "PEFT's SHiRA (random masks)"
     original = _targets(model, request)  # the ticket names these (a wrapped conv gains ".linear")
-    _check_linear_capable(original, request, implementation)
+    _check_linear_capable(original, request, "PEFT's SHiRA (random masks)")
     shapes = {name: base_shape(module) for name, module in original.items()}
     masking_r = request.options["masking_r"]
     if masking_r is None and request.budget is not None:
@@ -339,7 +337,7 @@ def _build_random_masking(model: nn.Module, request: _Request) -> tuple[nn.Modul
                 f"masking_r={masking_r} would train {masking_r * (m + n)} entries of {name} ({m} x {n}), more than it "
                 "has; lower masking_r"
             )
-    targets = _linear_targets(model, request, implementation)  # checked: the model changes from here
+    targets = _as_linear(model, original)  # the model changes from here
     config = ShiraConfig(r=masking_r, mask_type="random", random_seed=request.seed,
                          **{**_peft_common(request), "target_modules": list(targets)})
     config.mask_fn = _per_layer_random_mask(
