@@ -278,7 +278,7 @@ def test_recording_skips_padding_and_shares_one_matrix_for_query_key_value():
     from partial_lora.surgery import find_target_modules
 
     model = tiny_bert()
-    targets = find_target_modules(model, PartialLoraConfig(target_modules=["query", "key", "value", "intermediate.dense"]))
+    targets = find_target_modules(model, ["query", "key", "value", "intermediate.dense"])
     batches = bert_few_shot()
     with InputRecorder(targets) as recorder, torch.no_grad():
         for batch in batches:

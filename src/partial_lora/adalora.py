@@ -201,7 +201,8 @@ def apply_partial_adalora(
         config = dataclasses.replace(config, r=init_r)
     if adapter_layers(model):
         raise ValueError("this model already has Partial-LoRA adapters; merge() them or start from a fresh base")
-    targets = find_target_modules(model, config)
+    targets = find_target_modules(model, config.target_modules, exclude_modules=config.exclude_modules,
+                                  modules_to_save=config.modules_to_save)
     indices = {}
     for name, module in targets.items():
         pair = (scores or {}).get(name)

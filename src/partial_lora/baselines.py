@@ -56,7 +56,8 @@ from torch import nn
 
 from . import adalora
 from .budget import adapter_parameters, ratios_for_budget
-from .config import PartialLoraConfig, lookup_key
+from .config import PartialLoraConfig
+from .naming import pattern_key
 from .io import WEIGHTS_NAME, atomic_write_bytes
 from .io import save as save_partial_lora
 from .layer import base_shape
@@ -381,15 +382,14 @@ def _targets(model: nn.Module, request: _Request) -> dict[str, nn.Module]:
         patterns: list[str] | str = list(request.keep_ratios)
     else:
         patterns = request.target_modules
-    lookup = PartialLoraConfig(target_modules=patterns, modules_to_save=request.modules_to_save)
-    return find_target_modules(model, lookup)
+    return find_target_modules(model, patterns, modules_to_save=request.modules_to_save)
 
 
 def _resolved_ratios(request: _Request, targets: Mapping[str, nn.Module]) -> dict[str, float]:
     """Per-target keep ratios by full name: the ticket's (by name, suffix or regex) or one ratio."""
     keep_ratio = request.options.get("keep_ratio")
     if request.keep_ratios:
-        missing = [n for n in targets if lookup_key(request.keep_ratios, n) is None]
+        missing = [n for n in targets if pattern_key(request.keep_ratios, n) is None]
         if missing and keep_ratio is None:
             raise ValueError(
                 f"the ticket has no keep ratio for {missing[:3]}{' ...' if len(missing) > 3 else ''}; derive the "

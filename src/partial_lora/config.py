@@ -9,18 +9,18 @@ is allowed.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
+
+from .checks import invalid
+from .naming import ALL_LINEAR, compile_pattern, pattern_value
 
 SELECTIONS = ("random", "targeted", "stochastic")
-ALL_LINEAR = "all-linear"
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"PartialLoraConfig.{name}={value!r} is invalid: {allowed}")
+def _fail(name: str, value: Any, allowed: str) -> NoReturn:
+    invalid(f"PartialLoraConfig.{name}", value, allowed)
 
 
 def _check_ratio(name: str, value: Any) -> float:
@@ -104,26 +104,24 @@ class PartialLoraConfig:
             if value == ALL_LINEAR:
                 return value
             try:
-                re.compile(value)
-            except re.error as err:
-                _fail(name, value, f"not a valid regular expression ({err}); give a list of name suffixes instead")
+                compile_pattern(value)
+            except ValueError as err:
+                _fail(name, value, str(err))
             return value
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
             if required and not value:
                 _fail(name, value, "name at least one module suffix, a regular expression or 'all-linear'")
             return list(value)
         _fail(name, value, "expected a list of module name suffixes, one regular expression or 'all-linear'")
-        raise AssertionError  # unreachable
 
     # -- per-layer lookups -------------------------------------------------------------
     def keep_ratio_for(self, module_name: str) -> float:
         """The keep ratio of one module: its ``keep_ratios`` entry, else ``keep_ratio``."""
-        key = lookup_key(self.keep_ratios, module_name)
-        return self.keep_ratio if key is None else self.keep_ratios[key]
+        return pattern_value(self.keep_ratios, module_name, self.keep_ratio)
 
     def rank_for(self, module_name: str) -> int:
-        key = lookup_key(self.ranks, module_name)
-        return self.r if key is None else self.ranks[key]
+        """The rank of one module: its ``ranks`` entry, else ``r``."""
+        return pattern_value(self.ranks, module_name, self.r)
 
     # -- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -141,9 +139,6 @@ class PartialLoraConfig:
                 "Was this file written by a newer partial-lora, or is it a PEFT folder (use import_peft)?"
             )
         return cls(**dict(data))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_ticket(cls, ticket: Any, *, budget: int | None = None, **overrides: Any) -> "PartialLoraConfig":
@@ -168,22 +163,3 @@ class PartialLoraConfig:
             config.keep_ratios = ratios_for_budget(ratios, shapes, ranks, budget)
         return config
 
-
-def lookup_key(table: Mapping[str, Any], module_name: str) -> str | None:
-    """Which key of ``table`` applies to ``module_name``.
-
-    Priority: the exact full name, then the longest key that is a dotted suffix of the
-    name, then the first key that is a regular expression matching the whole name.
-    """
-    if module_name in table:
-        return module_name
-    suffixes = [k for k in table if module_name.endswith("." + k)]
-    if suffixes:
-        return max(suffixes, key=len)
-    for key in table:
-        try:
-            if re.fullmatch(key, module_name):
-                return key
-        except re.error:
-            continue
-    return None

@@ -32,6 +32,7 @@ from torch import nn
 
 from .config import PartialLoraConfig
 from .layer import PartialLoraLayer, base_shape, is_supported
+from .naming import model_name_or_path
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -159,7 +160,7 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
         "modules_to_save": saved_info,
         "base_fingerprint": shape_fingerprint({n: (i["kind"], *i["shape"]) for n, i in layer_info.items()}),
         "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
-        "base_model": _name_or_path(model),
+        "base_model": model_name_or_path(model),
         "trainable_parameters": sum(l.lora_A.numel() + l.lora_B.numel() for l in layers.values()),
         "weights_sha256": digest,
         "metadata": dict(metadata or {}),
@@ -209,11 +210,6 @@ def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
 def weight_checksum(weight: torch.Tensor) -> float:
     """Mean absolute value of a base weight (float64), a cheap check that it is the same model."""
     return float(weight.detach().to(torch.float64).abs().mean())
-
-
-def _name_or_path(model: nn.Module) -> str | None:
-    config = getattr(model, "config", None)
-    return getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None) or None
 
 
 # -- reading ---------------------------------------------------------------------------

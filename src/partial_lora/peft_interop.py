@@ -9,7 +9,6 @@ serve it; importing reads a PEFT LoRA folder and keeps only the nonzero rows and
 from __future__ import annotations
 
 import json
-import re
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +27,7 @@ from .io import (
     read_tensors,
 )
 from .layer import base_shape, is_supported
+from .naming import model_name_or_path, pattern_value
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
 PREFIX = "base_model.model."
@@ -62,11 +62,10 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: st
     for name, module in saved.items():
         for key, value in module.state_dict().items():
             tensors[f"{PREFIX}{name}.{key}"] = value
-    base_config = getattr(model, "config", None)
     peft_config: dict[str, Any] = {
         "peft_type": "LORA",
         "task_type": task_type,
-        "base_model_name_or_path": getattr(base_config, "_name_or_path", None) or None,
+        "base_model_name_or_path": model_name_or_path(model),
         "r": config.r,
         "lora_alpha": config.alpha,
         "lora_dropout": config.dropout,
@@ -145,10 +144,10 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
             )
         if not (A.dtype.is_floating_point and B.dtype.is_floating_point):
             raise AdapterFileError(f"layer {name!r}: lora_A/lora_B must be floating point")
-        expected_rank = _pattern_value(rank_pattern, name, default_rank)
+        expected_rank = pattern_value(rank_pattern, name, default_rank)
         if rank != expected_rank:
             raise AdapterFileError(f"layer {name!r} has rank {rank}, but its adapter_config.json says {expected_rank}")
-        alpha = float(_pattern_value(alpha_pattern, name, default_alpha))
+        alpha = float(pattern_value(alpha_pattern, name, default_alpha))
         peft_scaling = alpha / (rank**0.5) if use_rslora else alpha / rank
         rows = torch.nonzero(B.abs().sum(dim=1)).flatten()
         columns = torch.nonzero(A.abs().sum(dim=0)).flatten()
@@ -213,13 +212,6 @@ def _read_peft_config(directory: Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise AdapterFileError(f"{path}: {key}={value!r} must be a positive number")
     return config
-
-
-def _pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
-    for key, value in patterns.items():
-        if name == key or re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return default
 
 
 def _split_module_key(modules: dict[str, nn.Module], body: str, key: str) -> tuple[str, str]:

@@ -8,49 +8,51 @@ runs the base model alone.
 from __future__ import annotations
 
 import contextlib
-import re
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from .config import ALL_LINEAR, PartialLoraConfig
+from .config import PartialLoraConfig
 from .layer import SUPPORTED, PartialLoraLayer, base_shape, is_supported
+from .naming import ALL_LINEAR, HEAD_NAMES, inside, matches, set_submodule
 from .selection import layer_generator, select_rows_and_columns
 
 CONFIG_ATTRIBUTE = "partial_lora_config"
-HEAD_NAMES = ("classifier", "score", "lm_head")
 
 
-def name_matches(name: str, patterns: list[str] | str) -> bool:
-    """PEFT's convention: a list matches by dotted suffix, a string is a full-name regex."""
-    if isinstance(patterns, str):
-        return re.fullmatch(patterns, name) is not None
-    return any(name == p or name.endswith("." + p) for p in patterns)
+def find_target_modules(
+    model: nn.Module,
+    target_modules: Iterable[str] | str,
+    *,
+    exclude_modules: Iterable[str] | str | None = None,
+    modules_to_save: Iterable[str] = (),
+) -> dict[str, nn.Module]:
+    """The modules that ``target_modules`` names, by full name, in model order.
 
-
-def find_target_modules(model: nn.Module, config: PartialLoraConfig) -> dict[str, nn.Module]:
-    """The modules ``config`` adapts, by full name, in model order.
+    Patterns follow :mod:`partial_lora.naming` (suffix list, one regex, or ``"all-linear"``:
+    every ``nn.Linear`` but the output head). Modules inside ``modules_to_save`` (trained in
+    full) and those matching ``exclude_modules`` are left out.
 
     Raises ``ValueError`` if nothing matches (naming modules that exist) or if a matched
     leaf module has a type Partial-LoRA cannot adapt.
     """
-    saved = config.modules_to_save
+    saved = list(modules_to_save)
     output_head = _output_embeddings(model)
     targets: dict[str, nn.Module] = {}
     unsupported: list[str] = []
     for name, module in model.named_modules():
         if not name or isinstance(module, PartialLoraLayer) or _inside_adapter(name, model):
             continue
-        if any(name == s or name.endswith("." + s) or ("." + s + ".") in ("." + name) for s in saved):
+        if inside(name, saved):
             continue
-        if config.exclude_modules is not None and name_matches(name, config.exclude_modules):
+        if exclude_modules is not None and matches(name, exclude_modules):
             continue
-        if config.target_modules == ALL_LINEAR:
+        if target_modules == ALL_LINEAR:
             if type(module) is nn.Linear and module is not output_head and name.split(".")[-1] not in HEAD_NAMES:
                 targets[name] = module
             continue
-        if not name_matches(name, config.target_modules):
+        if not matches(name, target_modules):
             continue
         if is_supported(module):
             targets[name] = module
@@ -58,14 +60,14 @@ def find_target_modules(model: nn.Module, config: PartialLoraConfig) -> dict[str
             unsupported.append(f"{name} ({type(module).__name__})")
     if unsupported:
         raise ValueError(
-            f"target_modules={config.target_modules!r} matched modules Partial-LoRA cannot adapt: "
+            f"target_modules={target_modules!r} matched modules Partial-LoRA cannot adapt: "
             f"{', '.join(unsupported[:5])}. It adapts {SUPPORTED}; narrow the patterns or exclude_modules them."
         )
     if not targets:
         linear = [n for n, m in model.named_modules() if is_supported(m)]
         examples = ", ".join(linear[:6]) + (" ..." if len(linear) > 6 else "")
         raise ValueError(
-            f"target_modules={config.target_modules!r} matched no adaptable module of "
+            f"target_modules={target_modules!r} matched no adaptable module of "
             f"{type(model).__name__}. Adaptable modules it has ({len(linear)}): {examples or 'none'}. "
             "Give name suffixes such as the last part of those names, a regular expression, or 'all-linear'."
         )
@@ -92,7 +94,8 @@ def apply(
     """
     if adapter_layers(model):
         raise ValueError("this model already has Partial-LoRA adapters; merge() them or start from a fresh base")
-    targets = find_target_modules(model, config)
+    targets = find_target_modules(model, config.target_modules, exclude_modules=config.exclude_modules,
+                                  modules_to_save=config.modules_to_save)
     saved = _modules_to_save(model, config)
     if config.selection != "random":
         missing = [n for n in targets if _score_pair(scores, n) is None]
@@ -133,7 +136,7 @@ def inject(
             modules[name], rows, columns, r=config.rank_for(name), alpha=config.alpha,
             dropout=config.dropout, generator=layer_generator(config.seed, name, "init"),
         )
-        _set_submodule(model, name, layer)
+        set_submodule(model, name, layer)
         layers[name] = layer
     setattr(model, CONFIG_ATTRIBUTE, config)
     return layers
@@ -162,7 +165,7 @@ def merge(model: nn.Module) -> nn.Module:
     """
     for name, layer in adapter_layers(model).items():
         layer.merge()
-        _set_submodule(model, name, layer.to_base())
+        set_submodule(model, name, layer.to_base())
     if hasattr(model, CONFIG_ATTRIBUTE):
         delattr(model, CONFIG_ATTRIBUTE)
     return model
@@ -191,7 +194,7 @@ def modules_to_save(model: nn.Module) -> dict[str, nn.Module]:
 def _modules_to_save(model: nn.Module, config: PartialLoraConfig) -> dict[str, nn.Module]:
     found: dict[str, nn.Module] = {}
     for pattern in config.modules_to_save:
-        matched = {n: m for n, m in model.named_modules() if n and (n == pattern or n.endswith("." + pattern))}
+        matched = {n: m for n, m in model.named_modules() if n and matches(n, [pattern])}
         if not matched:
             raise ValueError(
                 f"modules_to_save entry {pattern!r} matches no module of {type(model).__name__}; "
@@ -222,8 +225,3 @@ def _inside_adapter(name: str, model: nn.Module) -> bool:
     parent = name.rsplit(".", 1)[0] if "." in name else ""
     return bool(parent) and isinstance(model.get_submodule(parent), PartialLoraLayer)
 
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)

@@ -20,7 +20,6 @@ from ..baselines import (
     save_method,
     sparse_learning_rate_scale,
 )
-from ..config import PartialLoraConfig
 from ..peft_interop import export_peft
 from ..surgery import find_target_modules, merge, trainable_parameters
 from ..ticket import Ticket, find_ticket, plot_keep_ratios, ticket_overlap
@@ -82,8 +81,7 @@ def check_input(task: Task, settings: Settings, base: torch.nn.Module, *, ticket
     elif ticket:
         for seed in settings.seeds:
             task.shots(seed)
-    find_target_modules(base, PartialLoraConfig(target_modules=settings.target_modules,
-                                                modules_to_save=settings.modules_to_save or []))
+    find_target_modules(base, settings.target_modules, modules_to_save=settings.modules_to_save or [])
     for seed in settings.seeds:
         TrainingConfig(
             learning_rate=settings.learning_rate, epochs=settings.epochs, weight_decay=settings.weight_decay,

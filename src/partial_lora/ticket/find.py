@@ -9,7 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..config import PartialLoraConfig
+from ..naming import model_name_or_path
 from ..surgery import find_target_modules
 from .batches import example_count, fingerprint, prepare_batches, shots_per_class, task_kind
 from .heads import build_head
@@ -94,10 +94,10 @@ def find_ticket(
                             head=head, ratio=ratio, seed=seed, f_tolerance=f_tolerance, imp_rate=imp_rate,
                             imp_max_rounds=imp_max_rounds, progress=progress)
     started = time.perf_counter()
-    targets = find_target_modules(model, PartialLoraConfig(target_modules=target_modules))
+    targets = find_target_modules(model, target_modules)
     provenance = Provenance(
         method=options.method, threshold=options.threshold, threshold_mode=options.threshold_mode,
-        metric=options.metric.name, model_name=model_name or _model_name(model), seed=options.seed,
+        metric=options.metric.name, model_name=model_name or model_name_or_path(model) or type(model).__name__, seed=options.seed,
         target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
     )
     if options.method == "uniform":
@@ -184,12 +184,6 @@ def _describe_scoring(provenance: Provenance, scorer: Scorer) -> None:
         warnings.warn(f"find_ticket: {note}. The model is at chance on these examples, so the ticket says little; "
                       "score an untrained head with head='probe', or choose a metric on which the model beats chance",
                       stacklevel=4)
-
-
-def _model_name(model: nn.Module) -> str:
-    config = getattr(model, "config", None)
-    name = getattr(config, "_name_or_path", None) or getattr(config, "name_or_path", None)
-    return str(name) if name else type(model).__name__
 
 
 def _device(model: nn.Module) -> torch.device:

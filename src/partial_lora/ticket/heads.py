@@ -24,11 +24,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..naming import HEAD_NAMES, inside, is_head_name
 from .batches import CLASSIFICATION, model_inputs
 from .probe import fit_linear_probe
 
 HEADS = ("auto", "own", "probe", "zero-shot")
-HEAD_PARTS = ("classifier", "score", "head", "lm_head", "fc", "_fc")
 NEW_MODULES_ATTRIBUTE = "partial_lora_new_modules"
 
 
@@ -49,7 +49,7 @@ def extract_logits(output: Any) -> torch.Tensor:
 
 def find_head(model: nn.Module, head_module: str | None = None) -> tuple[str, nn.Linear]:
     """The model's output head: ``head_module`` if given, else the last ``nn.Linear`` whose
-    name has a part in ``classifier, score, head, lm_head, fc, _fc``."""
+    name has a part in :data:`partial_lora.naming.HEAD_NAMES`."""
     modules = dict(model.named_modules())
     if head_module is not None:
         if head_module not in modules:
@@ -63,11 +63,10 @@ def find_head(model: nn.Module, head_module: str | None = None) -> tuple[str, nn
             raise ValueError(f"head_module={head_module!r} is a {type(module).__name__}; the probe replaces an "
                              "nn.Linear head (name the final linear layer, e.g. 'classifier.out_proj')")
         return head_module, module
-    candidates = [n for n, m in modules.items()
-                  if isinstance(m, nn.Linear) and set(n.split(".")) & set(HEAD_PARTS)]
+    candidates = [n for n, m in modules.items() if isinstance(m, nn.Linear) and is_head_name(n)]
     if not candidates:
         raise ValueError(f"cannot tell which module of {type(model).__name__} is its head (no nn.Linear named "
-                         f"{', '.join(HEAD_PARTS)}); pass head_module='<full name of the final nn.Linear>'")
+                         f"{', '.join(HEAD_NAMES)}); pass head_module='<full name of the final nn.Linear>'")
     return candidates[-1], modules[candidates[-1]]
 
 
@@ -76,8 +75,7 @@ def head_is_flagged_new(model: nn.Module, head_name: str) -> bool:
     flagged = getattr(model, NEW_MODULES_ATTRIBUTE, None) or ()
     if isinstance(flagged, str):
         flagged = [flagged]
-    return any(head_name == f or head_name.endswith("." + f) or head_name.startswith(f + ".")
-               or ("." + f + ".") in ("." + head_name + ".") for f in flagged)
+    return inside(head_name, flagged)
 
 
 def is_clip_like(model: nn.Module) -> bool:
