@@ -88,28 +88,11 @@ from partial_lora import AdapterFileError, PartialLoraConfig  # noqa: E402
 HERE = Path(__file__).resolve()
 
 
-# -- shared fixtures (copied from tests/conftest.py and tests/test_training.py) -------------
-def tiny_bert(num_labels: int = 3, seed: int = 0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
-    )
-    return BertForSequenceClassification(config).eval()
-
+sys.path.insert(0, str(HERE.parent.parent / "tests"))
+from fixtures import classification_data, news_rows, small_mlp, tiny_bert, write_csv  # noqa: E402  (the tests' own builders)
 
 TRAIN_ADAPTER = PartialLoraConfig(r=4, keep_ratio=0.5, target_modules=["query", "value"], modules_to_save=["classifier"])
 STEPS_PER_EPOCH = 5  # 40 examples, batches of 8
-
-
-def classification_data(examples: int, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 2, (examples,), generator=generator)
-    ids = torch.randint(3, 100, (examples, 10), generator=generator)
-    ids[:, 0] = 1 + labels
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 def adapted_bert(dropout: float = 0.1):
@@ -133,12 +116,6 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_base() -> torch.nn.Module:
-    torch.manual_seed(0)
-    nn = torch.nn
-    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-
-
 # -- child processes (this file, run with --child-train / --child-save) ---------------------
 def child_train(output: str, epochs: int) -> None:
     from partial_lora.training import train
@@ -147,7 +124,7 @@ def child_train(output: str, epochs: int) -> None:
 
 
 def child_save(folder: str) -> None:
-    model = partial_lora.apply(save_base(), PartialLoraConfig(r=4, alpha=8, target_modules=["0", "2"], keep_ratio=0.5))
+    model = partial_lora.apply(small_mlp(), PartialLoraConfig(r=4, alpha=8, target_modules=["0", "2"], keep_ratio=0.5))
     version = 0
     while True:
         version += 1
@@ -320,7 +297,7 @@ def train_crash_points(count: int, epochs: int, seed: int, work: Path) -> Sectio
 
 # == 2. save crash points ===================================================================
 def _weights_match_config(folder: Path) -> bool:
-    from partial_lora.io import file_sha256
+    from partial_lora.files import file_sha256
 
     try:
         return json.loads((folder / "adapter_config.json").read_text())["weights_sha256"] == \
@@ -364,7 +341,7 @@ def save_crash_points(count: int, seed: int, work: Path) -> Section:
             phase = "between two saves"
         problem = None
         try:
-            model = partial_lora.load(save_base(), folder)
+            model = partial_lora.load(small_mlp(), folder)
             values = {float(v) for layer in partial_lora.adapter_layers(model).values() for v in layer.lora_B.unique()}
             if len(values) != 1:
                 problem = f"a mix of versions {sorted(values)}"
@@ -407,7 +384,7 @@ class _RunsOnUnpickle:
 
 def resign(folder: Path) -> None:
     """Recompute both checksums, as a deliberate (hostile) edit would."""
-    from partial_lora.io import document_digest, file_sha256
+    from partial_lora.files import document_digest, file_sha256
 
     try:
         document = json.loads((folder / CONFIG).read_text())
@@ -643,7 +620,7 @@ def _paths(node: Any, prefix: tuple = ()) -> list[tuple]:
 
 
 def mutate_json(folder: Path, rng: random.Random) -> str:
-    from partial_lora.io import document_digest
+    from partial_lora.files import document_digest
 
     path = folder / CONFIG
     document = json.loads(path.read_text())
@@ -944,21 +921,6 @@ TINY = ["--train-per-class", "6", "--test-per-class", "2", "--epochs", "1", "--s
         "--quiet"]
 
 
-def _csv(path: Path, rows: list[dict]) -> Path:
-    import csv
-
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def _news(counts: dict[str, int]) -> list[dict]:
-    return [{"text": f"an article about {label}, number {i}", "label": label}
-            for label, count in counts.items() for i in range(count)]
-
-
 ISSUE_CLI_CASES = ["unknown dataset", "missing csv", "csv with a missing label", "missing column", "empty csv",
                    "class with fewer examples than --shots", "unknown method", "missing --model path",
                    "too-long --max-length", "--out is a file", "existing --out without --overwrite"]
@@ -966,7 +928,7 @@ ISSUE_CLI_CASES = ["unknown dataset", "missing csv", "csv with a missing label",
 
 def bad_command_lines(tmp: Path) -> dict[str, list[str]]:
     """name -> arguments after ``run --out <tmp>/out <TINY>`` (files made under ``tmp``)."""
-    no_label = _news({"business": 6, "sport": 6})
+    no_label = news_rows({"business": 6, "sport": 6})
     no_label[4]["label"] = ""
     (tmp / "empty.csv").write_text("text,label\n")
     (tmp / "binary.csv").write_bytes(b"\xff\xfe\x00\x81garbage\x00")
@@ -977,9 +939,9 @@ def bad_command_lines(tmp: Path) -> dict[str, list[str]]:
     (tmp / "bad.yaml").write_text("epochs: [1, 2\n")
     (tmp / "unknown.yaml").write_text("epochs: 1\nno_such_option: 3\n")
     (tmp / "broken-ticket.json").write_text("{not json")
-    _csv(tmp / "nolabel.csv", no_label)
-    _csv(tmp / "small.csv", _news({"business": 12, "rare": 4}))
-    _csv(tmp / "one-class.csv", _news({"business": 12}))
+    write_csv(tmp / "nolabel.csv", no_label)
+    write_csv(tmp / "small.csv", news_rows({"business": 12, "rare": 4}))
+    write_csv(tmp / "one-class.csv", news_rows({"business": 12}))
     model = ["--model", "minilm"]
     return {
         # the issue's list

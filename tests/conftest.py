@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny randomly initialised models of the real architectures."""
+"""pytest set-up: environment, threads, and the shared builders of ``fixtures`` as fixtures."""
 
 from __future__ import annotations
 
@@ -9,52 +9,25 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread everywhere (child processes too): on a busy 2-core machine two-thread
+# OpenMP kernels (the ticket's eigh/SVD of 384 x 384 matrices) measured 40-100x slower than
+# one, and bitwise results (determinism and resume tests) depend on the thread count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
-
-def tiny_bert(num_labels: int = 3, seed: int = 0):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
-    )
-    return BertForSequenceClassification(config).eval()
-
-
-def tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
-def tiny_vit(num_labels: int = 4, seed: int = 0):
-    from transformers import ViTConfig, ViTForImageClassification
-
-    torch.manual_seed(seed)
-    config = ViTConfig(
-        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
-        num_attention_heads=2, intermediate_size=64, num_labels=num_labels,
-    )
-    return ViTForImageClassification(config).eval()
-
-
-def tiny_deberta(num_labels: int = 3, seed: int = 0):
-    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
-
-    torch.manual_seed(seed)
-    config = DebertaV2Config(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
-        relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"],
-    )
-    return DebertaV2ForSequenceClassification(config).eval()
+from fixtures import (  # noqa: E402,F401  (re-exported: tests import them from conftest)
+    PlainSGD,
+    classification_data,
+    news_rows,
+    randomize_adapters,
+    small_mlp,
+    tiny_bert,
+    tiny_deberta,
+    tiny_llama,
+    tiny_vit,
+    token_batch,
+    write_csv,
+)
 
 
 @pytest.fixture
@@ -62,33 +35,10 @@ def bert_factory():
     return tiny_bert
 
 
-def token_batch(batch: int = 2, length: int = 7, vocab: int = 100, seed: int = 0) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    return {"input_ids": torch.randint(0, vocab, (batch, length), generator=generator)}
-
-
-def randomize_adapters(model, seed: int = 1) -> None:
-    """Give every adapter a nonzero B, so the update is visible in outputs."""
-    import partial_lora
-
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in partial_lora.adapter_layers(model).values():
-            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator, dtype=torch.float64) * 0.1)
-
-
-class PlainSGD:
-    """``p -= lr * grad``: torch.optim's first step imports torch._dynamo (seconds), not needed here."""
-
-    def __init__(self, parameters, lr: float) -> None:
-        self.parameters, self.lr = list(parameters), lr
-
-    @torch.no_grad()
-    def step(self) -> None:
-        for parameter in self.parameters:
-            if parameter.grad is not None:
-                parameter.sub_(parameter.grad, alpha=self.lr)
-
-    def zero_grad(self) -> None:
-        for parameter in self.parameters:
-            parameter.grad = None
+@pytest.fixture
+def one_thread():
+    """For tests that must hold one intra-op thread even if a test before them changed it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -10,21 +10,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from partial_lora.cli import main
 from partial_lora.experiment.settings import METHODS
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path_factory):
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield
-    torch.set_num_threads(before)
 
 
 def test_compare_trains_every_method_on_mnist(tmp_path, capsys):

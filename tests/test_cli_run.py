@@ -6,7 +6,6 @@ are made once per module and shared; every other test reads them or works on a c
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from partial_lora.cli import main
+from conftest import news_rows, write_csv
 
 # The smallest slice that still gives a meaningful ticket (the probe needs >= 2 shots per half).
 TINY = ["--train-per-class", "6", "--test-per-class", "2", "--epochs", "1", "--shots", "4",
@@ -28,22 +28,8 @@ ROW_KEYS = ("method", "seed", "accuracy", "macro_f1", "trainable_params", "optim
 RESULT_NAMES = ("results.json", "report.md", "ticket.json", "adapters", "metric_vs_params.png", "keep_ratios.png")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread for these tests (and the console-script run, via OMP_NUM_THREADS).
-
-    On a busy 2-core machine, 2-thread OpenMP LAPACK calls (the ticket's eigh/SVD of 384 x 384
-    matrices) measured 40-100x slower than one thread; one thread keeps the module fast, and
-    both runs of the determinism test use the same thread count.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory, one_thread):
+def cache_dir(tmp_path_factory):
     """``PARTIAL_LORA_CACHE`` in a temporary folder for the whole module (nothing in the home folder)."""
     folder = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
@@ -318,19 +304,6 @@ def test_eval_of_a_missing_adapter_is_a_clear_error(tmp_path, capsys):
 
 
 # -- bad input -------------------------------------------------------------------------
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def news_rows(counts: dict[str, int]) -> list[dict]:
-    return [{"text": f"an article about {label}, number {i}", "label": label}
-            for label, count in counts.items() for i in range(count)]
-
-
 def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
     """name -> (arguments, words the error must contain)."""
     no_label = news_rows({"business": 6, "sport": 6})

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 import partial_lora
-from partial_lora import PartialLoraConfig
 
 CHILD = textwrap.dedent(
     """

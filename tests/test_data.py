@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
 
 from partial_lora import data as data_lib
 from partial_lora.data import LabelledData, few_shot, generation_batches, load_dataset, stratified_split, text_batches
+from conftest import write_csv
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +128,6 @@ ROWS = [
     {"text": "markets closed higher", "label": "business"},
     {"text": "a late winner in the derby", "label": "sport"},
 ]
-
-
-def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields or list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def check_rows_loaded(dataset: LabelledData) -> None:

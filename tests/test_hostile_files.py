@@ -145,7 +145,7 @@ def test_huge_declared_sizes_are_refused_without_allocating(adapter_bytes, base,
 
 
 def test_config_edits_that_change_meaning_are_refused_after_resigning(adapter_bytes, base, tmp_path):
-    from partial_lora.io import document_digest
+    from partial_lora.files import document_digest
 
     for edit in ("rank", "shape", "kind", "format_version"):
         folder = tmp_path / edit
@@ -194,7 +194,8 @@ def test_nothing_in_the_project_unpickles():
 def test_deeply_nested_or_mistyped_config_fields_are_refused(adapter_bytes, base, tmp_path):
     """Found by benchmarks/reliability.py: JSON nested too deep, and re-signed configs whose
     checksum or saved-module fields have the wrong types, are refused like any damage."""
-    from partial_lora.io import CONFIG_NAME, document_digest
+    from partial_lora.adapter_files import CONFIG_NAME
+    from partial_lora.files import document_digest
 
     write(tmp_path / "deep", {**adapter_bytes, CONFIG_NAME: b"[" * 100_000 + b"]" * 100_000})
     assert_refused_and_untouched(base, tmp_path / "deep")

@@ -25,7 +25,7 @@ def trained_adapter(tmp_path, keep=0.4):
 
 def resign(folder):
     """Recompute both checksums, as a deliberate (hostile) edit would."""
-    from partial_lora.io import document_digest, file_sha256
+    from partial_lora.files import document_digest, file_sha256
 
     document = json.loads((folder / "adapter_config.json").read_text())
     document["weights_sha256"] = file_sha256(folder / "adapter_model.safetensors")

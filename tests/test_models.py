@@ -11,15 +11,6 @@ from partial_lora.models import load_model, packaged_minilm_folder
 from partial_lora.models.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine 2-thread OpenMP kernels crawl."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def imagenet_effnet():
     model, tokenizer = load_model("efficientnet-lite0", task="image-classification", num_labels=None)

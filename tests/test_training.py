@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import partial_lora
-from conftest import tiny_bert
+from conftest import classification_data, tiny_bert
 from partial_lora.training import (
     CheckpointError,
     TensorBatches,
@@ -33,15 +33,6 @@ from partial_lora.training import (
 from partial_lora.training import checkpoint as checkpoint_module
 
 ADAPTER = partial_lora.PartialLoraConfig(r=4, keep_ratio=0.5, target_modules=["query", "value"], modules_to_save=["classifier"])
-
-
-def classification_data(examples: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random tokens whose class is written, among distractors, in the first position."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 2, (examples,), generator=generator)
-    ids = torch.randint(3, 100, (examples, 10), generator=generator)
-    ids[:, 0] = 1 + labels
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
 def adapted_bert(dropout: float = 0.0):
@@ -80,15 +71,6 @@ class DictDataset(torch.utils.data.Dataset):
         return {k: v[index] for k, v in self.tensors.items()}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models train hundreds of times faster on one thread than on two contended ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def folder_digest(path: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
 
@@ -123,7 +105,6 @@ def test_only_trainable_parameters_change():
     assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
     assert any("classifier" in n for n in changed)
     assert not model.training  # the caller's mode is restored
-
 
 
 def test_adapter_lr_scale_speeds_up_the_adapters_only():

@@ -6,12 +6,12 @@ The package reads as the method, in order:
 * :mod:`partial_lora.selection` - which rows and columns each layer keeps;
 * :mod:`partial_lora.layer` - the compact adapter layer;
 * :mod:`partial_lora.surgery` - putting adapters into a model, merging them out;
-* :mod:`partial_lora.io` and :mod:`partial_lora.peft_interop` - saving, loading, PEFT folders;
+* :mod:`partial_lora.adapter_files` and :mod:`partial_lora.peft_interop` - saving, loading, PEFT folders;
 * :mod:`partial_lora.training` and :mod:`partial_lora.cli` - training and the command line.
 """
 
 from .config import PartialLoraConfig
-from .io import AdapterFileError, load, save
+from .adapter_files import AdapterFileError, load, save
 from .layer import PartialLoraLayer
 from .peft_interop import export_peft, import_peft
 from .surgery import adapter_layers, apply, disable_adapters, merge, trainable_parameters

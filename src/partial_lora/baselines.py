@@ -58,8 +58,9 @@ from . import adalora
 from .budget import adapter_parameters, ratios_for_budget
 from .config import PartialLoraConfig
 from .naming import pattern_key
-from .io import WEIGHTS_NAME, atomic_write_bytes
-from .io import save as save_partial_lora
+from .adapter_files import WEIGHTS_NAME
+from .adapter_files import save as save_partial_lora
+from .files import atomic_write_bytes
 from .layer import base_shape
 from .pointwise import PointwiseConvAsLinear, is_pointwise_conv, wrap_pointwise_convs
 from .selection import layer_generator

@@ -125,17 +125,8 @@ def sign(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
-def read_document(path: str | os.PathLike, *, format: str, version: int, error: type[DamagedFileError],
-                  what: str, fix: str) -> dict[str, Any]:
-    """Read a signed JSON document and check its format, version and checksum.
-
-    Args:
-        path: the JSON file.
-        format, version: the ``format`` and ``format_version`` it must carry.
-        error: the :class:`DamagedFileError` subclass to raise.
-        what: what the file is, for messages (``"a Partial-LoRA adapter config"``).
-        fix: what the user can do about a damaged file (appended to messages).
-    """
+def read_json_object(path: str | os.PathLike, *, error: type[DamagedFileError], fix: str) -> dict[str, Any]:
+    """Parse a JSON file that must hold an object; a missing or damaged file raises ``error``."""
     path = Path(path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -145,12 +136,34 @@ def read_document(path: str | os.PathLike, *, format: str, version: int, error: 
         raise error(f"{path} is not valid JSON ({type(err).__name__}: {err}); the file is damaged: {fix}") from None
     if not isinstance(document, dict):
         raise error(f"{path} must hold a JSON object: {fix}")
+    return document
+
+
+def check_signed(document: Mapping[str, Any], path: str | os.PathLike, *, format: str, version: int,
+                 error: type[DamagedFileError], what: str, fix: str) -> None:
+    """Check a parsed document's ``format``, ``format_version`` and own checksum.
+
+    Args:
+        document: the parsed JSON object.
+        path: where it was read from (for messages).
+        format, version: the ``format`` and ``format_version`` it must carry.
+        error: the :class:`DamagedFileError` subclass to raise.
+        what: what the file is, for messages (``"a Partial-LoRA adapter config"``).
+        fix: what the user can do about a damaged file (appended to messages).
+    """
     if document.get("format") != format:
         raise error(f"{path} is not {what} (format={document.get('format')!r})")
     if document.get("format_version") != version:
         raise error(f"{path} has format_version {document.get('format_version')!r}; this partial-lora reads {version}")
     if document.get(DIGEST_FIELD) != document_digest(document):
-        raise error(f"{path} was changed or damaged (its checksum does not match its contents): {fix}")
+        raise error(f"{path} does not match its checksum: it was changed or damaged; {fix}")
+
+
+def read_document(path: str | os.PathLike, *, format: str, version: int, error: type[DamagedFileError],
+                  what: str, fix: str) -> dict[str, Any]:
+    """:func:`read_json_object` then :func:`check_signed`."""
+    document = read_json_object(path, error=error, fix=fix)
+    check_signed(document, path, format=format, version=version, error=error, what=what, fix=fix)
     return document
 
 

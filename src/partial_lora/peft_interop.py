@@ -8,7 +8,6 @@ serve it; importing reads a PEFT LoRA folder and keeps only the nonzero rows and
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -18,14 +17,8 @@ import torch
 from torch import nn
 
 from .config import PartialLoraConfig
-from .io import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    AdapterFileError,
-    atomic_save_tensors,
-    atomic_write_bytes,
-    read_tensors,
-)
+from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
+from .files import atomic_save_tensors, atomic_write_json, read_json_object, read_tensors
 from .layer import base_shape, is_supported
 from .naming import model_name_or_path, pattern_value
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
@@ -83,7 +76,7 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: st
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(peft_config, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(directory / CONFIG_NAME, peft_config, sort_keys=True)
     return directory
 
 
@@ -98,7 +91,7 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
     """
     directory = Path(directory)
     peft_config = _read_peft_config(directory)
-    tensors = read_tensors(directory / WEIGHTS_NAME, expected_sha256=None)
+    tensors = read_tensors(directory / WEIGHTS_NAME, expected_sha256=None, error=AdapterFileError)
     if adapter_layers(base_model):
         raise ValueError("the base model already has Partial-LoRA adapters; import into a fresh base model")
     modules = dict(base_model.named_modules())
@@ -196,12 +189,9 @@ def _read_peft_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_NAME
     if not path.is_file():
         raise AdapterFileError(f"{path} is missing: not a PEFT adapter folder")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise AdapterFileError(f"{path} is not valid JSON ({err})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        found = config.get("peft_type") if isinstance(config, dict) else None
+    config = read_json_object(path, error=AdapterFileError, fix="write the PEFT folder again (save_pretrained)")
+    if config.get("peft_type") != "LORA":
+        found = config.get("peft_type")
         raise AdapterFileError(f"{path}: peft_type is {found!r}; only PEFT LoRA folders can be imported")
     if config.get("use_dora"):
         raise AdapterFileError(f"{path}: DoRA adapters have a magnitude vector Partial-LoRA cannot represent")

@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from .. import io as adapter_io
+from .. import adapter_files
+from ..files import atomic_write_bytes
 from ..baselines import (
     TICKET_METHODS,
     MethodNotApplicable,
@@ -166,7 +167,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         "peak_rss_bytes": outcome.peak_rss_bytes,
         "history": outcome.history,
     }
-    adapter_io.atomic_write_bytes(_ensure_parent(partial_file), json.dumps(row, default=str).encode())
+    atomic_write_bytes(_ensure_parent(partial_file), json.dumps(row, default=str).encode())
     return row
 
 
@@ -340,7 +341,7 @@ def train_command(settings: Settings, args: Any) -> int:
 
 
 def _base_for_adapter(settings: Settings, adapter: Path) -> tuple[Task, torch.nn.Module, dict[str, Any]]:
-    document = adapter_io.read_config(adapter)
+    document = adapter_files.read_config(adapter)
     metadata = document.get("metadata") or {}
     updates = {k: metadata[k] for k in ("model", "dataset", "max_length", "train_per_class", "test_per_class")
                if metadata.get(k) and
@@ -352,7 +353,7 @@ def _base_for_adapter(settings: Settings, adapter: Path) -> tuple[Task, torch.nn
 
 def eval_command(settings: Settings, args: Any) -> int:
     task, base, _ = _base_for_adapter(settings, Path(args.adapter))
-    model = adapter_io.load(base, args.adapter)
+    model = adapter_files.load(base, args.adapter)
     metrics = task.evaluator()(model, task.batches(task.test, shuffle=False, seed=0))
     print(json.dumps(metrics, indent=2))
     return 0
@@ -361,7 +362,7 @@ def eval_command(settings: Settings, args: Any) -> int:
 def export_command(settings: Settings, args: Any) -> int:
     check_out(settings)
     _, base, _ = _base_for_adapter(settings, Path(args.adapter))
-    model = adapter_io.load(base, args.adapter)
+    model = adapter_files.load(base, args.adapter)
     out = prepare_out(settings)
     export_peft(model, out)
     print(f"wrote a PEFT LoRA folder to {out}")
@@ -371,7 +372,7 @@ def export_command(settings: Settings, args: Any) -> int:
 def merge_command(settings: Settings, args: Any) -> int:
     check_out(settings)
     task, base, _ = _base_for_adapter(settings, Path(args.adapter))
-    model = merge(adapter_io.load(base, args.adapter))
+    model = merge(adapter_files.load(base, args.adapter))
     out = prepare_out(settings)
     model.save_pretrained(out, safe_serialization=True)
     if task.tokenizer is not None:

@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..io import atomic_write_bytes  # noqa: E402
+from ..files import atomic_write_bytes  # noqa: E402
 
 GROUP_KEYS = ("method", "rank", "threshold")
 

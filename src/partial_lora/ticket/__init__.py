@@ -3,7 +3,7 @@
 The order of the method: :func:`find_ticket` (``find.py``) records target-layer inputs
 (``recording.py``), scores the model with a head (``heads.py``, ``probe.py``) and a metric
 (``metrics.py``), and derives ratios by one of the methods (``svd.py`` + ``svd_search.py``,
-``snip.py``, ``imp.py``, uniform). The result is a :class:`Ticket` (``ticket.py``), saved as
+``snip.py``, ``magnitude_pruning.py`` for imp, uniform). The result is a :class:`Ticket` (``ticket.py``), saved as
 JSON plus a safetensors sidecar, compared with :func:`ticket_overlap` (``overlap.py``) and
 drawn with :func:`plot_keep_ratios` (``plot.py``).
 """

@@ -13,7 +13,7 @@ from ..naming import model_name_or_path
 from ..surgery import find_target_modules
 from .batches import example_count, fingerprint, prepare_batches, shots_per_class, task_kind
 from .heads import build_head
-from .imp import imp_layers
+from .magnitude_pruning import imp_layers
 from .options import TicketOptions
 from .passes import PassCounter
 from .recording import InputRecorder

@@ -24,19 +24,16 @@ from typing import Any, Mapping
 
 import torch
 
-from ..io import atomic_write_bytes
+from ..checks import invalid
+from ..files import DamagedFileError, atomic_write_bytes
 
 FORMAT = "partial-lora-ticket/1"
 METHODS = ("svd", "svd-layerwise", "snip", "imp", "uniform")
 THRESHOLD_MODES = ("relative", "absolute")
 
 
-class TicketFileError(ValueError):
+class TicketFileError(DamagedFileError):
     """A ticket file (JSON or score sidecar) is damaged, incomplete or not a ticket."""
-
-
-def _bad(what: str, value: Any, fix: str) -> None:
-    raise ValueError(f"{what}={value!r} is invalid: {fix}")
 
 
 @dataclass
@@ -61,15 +58,15 @@ class LayerTicket:
     def __post_init__(self) -> None:
         ratio = self.keep_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0.0 < float(ratio) <= 1.0):
-            _bad("keep_ratio", ratio, "a keep ratio must be a number in (0, 1]")
+            invalid("keep_ratio", ratio, "a keep ratio must be a number in (0, 1]")
         self.keep_ratio = float(ratio)
         shape = self.shape
         if (not isinstance(shape, (tuple, list)) or len(shape) != 2
                 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-            _bad("shape", shape, "expected (out_features, in_features), two positive integers")
+            invalid("shape", shape, "expected (out_features, in_features), two positive integers")
         self.shape = (int(shape[0]), int(shape[1]))
         if isinstance(self.k, bool) or not isinstance(self.k, int) or not (1 <= self.k <= min(self.shape)):
-            _bad("k", self.k, f"expected an integer in [1, {min(self.shape)}] (min of the shape {self.shape})")
+            invalid("k", self.k, f"expected an integer in [1, {min(self.shape)}] (min of the shape {self.shape})")
         self.row_scores = _check_scores("row_scores", self.row_scores, self.shape[0])
         self.column_scores = _check_scores("column_scores", self.column_scores, self.shape[1])
         if (self.row_scores is None) != (self.column_scores is None):
@@ -81,9 +78,9 @@ def _check_scores(name: str, scores: Any, size: int) -> torch.Tensor | None:
         return None
     scores = torch.as_tensor(scores).detach().to("cpu", torch.float32).contiguous()
     if scores.shape != (size,):
-        _bad(name, f"tensor of shape {tuple(scores.shape)}", f"expected shape ({size},), one score per feature")
+        invalid(name, f"tensor of shape {tuple(scores.shape)}", f"expected shape ({size},), one score per feature")
     if not torch.isfinite(scores).all() or (scores < 0).any():
-        _bad(name, "tensor with negative or non-finite entries", "scores must be finite and >= 0")
+        invalid(name, "tensor with negative or non-finite entries", "scores must be finite and >= 0")
     return scores
 
 
@@ -135,15 +132,15 @@ class Provenance:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            _bad("method", self.method, f"choose one of {', '.join(METHODS)}")
+            invalid("method", self.method, f"choose one of {', '.join(METHODS)}")
         if self.threshold_mode not in THRESHOLD_MODES:
-            _bad("threshold_mode", self.threshold_mode, f"choose one of {', '.join(THRESHOLD_MODES)}")
+            invalid("threshold_mode", self.threshold_mode, f"choose one of {', '.join(THRESHOLD_MODES)}")
         for name in ("threshold", "baseline_score", "floor", "required_score", "final_score", "final_f",
                      "forward_equivalents", "seconds"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value)):
-                _bad(name, value, "expected a finite number or null")
+                invalid(name, value, "expected a finite number or null")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         self.notes = [str(n) for n in self.notes]
@@ -186,10 +183,6 @@ class Ticket:
             for name, layer in self.layers.items()
             if layer.row_scores is not None
         }
-
-    def ks(self) -> dict[str, int]:
-        """``{module name: k}``."""
-        return {name: layer.k for name, layer in self.layers.items()}
 
     @property
     def method(self) -> str:

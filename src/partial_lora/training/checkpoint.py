@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..io import AdapterFileError, atomic_save_tensors, atomic_write_bytes, document_digest, read_tensors
+from ..files import DamagedFileError, atomic_save_tensors, atomic_write_bytes, read_document, read_tensors, sign
 from .flatten import join_tensors, split_tensors
 
 CHECKPOINT_DIR = "checkpoint"
@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"checkpoint-(\d+)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DamagedFileError):
     """A training checkpoint that is missing, damaged, or made by another run."""
 
 
@@ -120,7 +120,7 @@ def write_checkpoint(
             STATE_NAME: atomic_save_tensors(tensors, temporary / STATE_NAME),
         },
     )
-    body["document_sha256"] = document_digest(body)
+    sign(body)
     atomic_write_bytes(temporary / DOCUMENT_NAME, (json.dumps(body, indent=1, sort_keys=True) + "\n").encode())
     if final.exists():  # left by a crash between rename and pointer update: never the latest
         shutil.rmtree(final)
@@ -201,21 +201,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         f"delete {path} (and {path.parent / POINTER_NAME}) to resume from an older checkpoint, or start "
         "over with resume=False in an empty output_dir"
     )
-    try:
-        document = json.loads(document_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} has no {DOCUMENT_NAME}; it is incomplete: {fix}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise CheckpointError(f"{document_path} is not valid JSON ({err}); the checkpoint is damaged: {fix}") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise CheckpointError(f"{document_path} is not a partial-lora training checkpoint: {fix}")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{document_path} has format_version {document.get('format_version')!r}; this partial-lora reads "
-            f"{FORMAT_VERSION}"
-        )
-    if document.get("document_sha256") != document_digest(document):
-        raise CheckpointError(f"{document_path} does not match its checksum: the checkpoint was changed or damaged: {fix}")
+    if not document_path.is_file():
+        raise CheckpointError(f"checkpoint {path} has no {DOCUMENT_NAME}; it is incomplete: {fix}")
+    document = read_document(document_path, format=FORMAT, version=FORMAT_VERSION, error=CheckpointError,
+                             what=f"a partial-lora training checkpoint: {fix}", fix=fix)
     files = document.get("files")
     if not isinstance(files, dict) or set(files) != {MODEL_NAME, STATE_NAME}:
         raise CheckpointError(f"{document_path} does not list its tensor files: {fix}")
@@ -223,6 +212,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         model = read_tensors(path / MODEL_NAME, files[MODEL_NAME])
         tensors = read_tensors(path / STATE_NAME, files[STATE_NAME])
         state = join_tensors(document["state"], tensors)
-    except (AdapterFileError, KeyError, ValueError, TypeError) as err:
+    except (DamagedFileError, KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"checkpoint {path} is damaged: {err}. To go on: {fix}") from None
     return Checkpoint(path=path, document=document, model=model, state=state)

@@ -10,10 +10,10 @@ A folder holds two files:
   fingerprint of the base layers' shapes, a checksum of the base weights, and the sha256 of
   the tensor file (so a half-written pair is detected).
 
-Each file is written to a temporary name, flushed to disk and renamed into place. Loading
-checks everything against the base model before changing it; a damaged or mismatched
-folder raises :class:`AdapterFileError` and leaves the base untouched. Only safetensors is
-read; nothing is unpickled.
+Each file is written atomically (:mod:`partial_lora.files`). Loading checks everything
+against the base model before changing it; a damaged or mismatched folder raises
+:class:`AdapterFileError` and leaves the base untouched. Only safetensors is read; nothing
+is unpickled.
 """
 
 from __future__ import annotations
@@ -21,17 +21,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from .checks import is_non_negative_int, is_positive_int
 from .config import PartialLoraConfig
-from .layer import PartialLoraLayer, base_shape, is_supported
+from .files import (
+    DamagedFileError,
+    atomic_save_tensors,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_signed,
+    file_sha256,
+    fsync_directory,
+    read_json_object,
+    read_tensors,
+    sign,
+)
+from .layer import base_shape, is_supported
 from .naming import model_name_or_path
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
@@ -42,69 +52,13 @@ PREVIOUS_WEIGHTS_NAME = ".adapter_model.previous.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT = "partial-lora"
 FORMAT_VERSION = 1
-UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
-class AdapterFileError(ValueError):
+class AdapterFileError(DamagedFileError):
     """An adapter folder that is missing, damaged, or made for another base model."""
 
 
 # -- writing ---------------------------------------------------------------------------
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-        _fsync_directory(path.parent)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> str:
-    """Write a safetensors file atomically; returns its sha256."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temporary, metadata=metadata)
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        digest = file_sha256(Path(temporary))
-        os.replace(temporary, path)
-        _fsync_directory(path.parent)
-        return digest
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
 def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None) -> Path:
     """Save the adapters (and ``modules_to_save``) of ``model`` to ``directory``.
 
@@ -165,8 +119,7 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
         "weights_sha256": digest,
         "metadata": dict(metadata or {}),
     }
-    document["document_sha256"] = document_digest(document)
-    atomic_write_bytes(directory / CONFIG_NAME, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(directory / CONFIG_NAME, sign(document), sort_keys=True)
     previous.unlink(missing_ok=True)  # the new adapter is whole: config and tensors agree
     return directory
 
@@ -182,7 +135,7 @@ def _keep_previous(weights: Path, previous: Path) -> None:
         os.link(weights, previous)
     except OSError:
         atomic_write_bytes(previous, weights.read_bytes())
-    _fsync_directory(previous.parent)
+    fsync_directory(previous.parent)
 
 
 def committed_weights(directory: Path, expected_sha256: str) -> Path:
@@ -193,12 +146,6 @@ def committed_weights(directory: Path, expected_sha256: str) -> Path:
             and file_sha256(previous) == expected_sha256:
         return previous
     return weights
-
-
-def document_digest(document: Mapping[str, Any]) -> str:
-    """sha256 of the config document without its own checksum field (canonical JSON)."""
-    body = {k: v for k, v in document.items() if k != "document_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
@@ -221,26 +168,12 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise AdapterFileError(f"{config_path} is missing: not a Partial-LoRA adapter folder (save one with partial_lora.save)")
-    try:
-        document = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise AdapterFileError(f"{config_path} is not valid JSON ({type(err).__name__}: {err}); the file is damaged, "
-                               "save the adapter again") from None
-    if not isinstance(document, dict):
-        raise AdapterFileError(f"{config_path} must hold a JSON object")
+    fix = "restore it or save the adapter again"
+    document = read_json_object(config_path, error=AdapterFileError, fix=fix)
     if document.get("peft_type") is not None and document.get("format") != FORMAT:
         raise AdapterFileError(f"{directory} is a PEFT adapter folder; read it with partial_lora.import_peft(model, folder)")
-    if document.get("format") != FORMAT:
-        raise AdapterFileError(f"{config_path} is not a Partial-LoRA adapter config (format={document.get('format')!r})")
-    if document.get("format_version") != FORMAT_VERSION:
-        raise AdapterFileError(
-            f"{config_path} has format_version {document.get('format_version')!r}; this partial-lora reads {FORMAT_VERSION}"
-        )
-    if document.get("document_sha256") != document_digest(document):
-        raise AdapterFileError(
-            f"{config_path} was changed or damaged (its checksum does not match its contents); restore it or "
-            "save the adapter again"
-        )
+    check_signed(document, config_path, format=FORMAT, version=FORMAT_VERSION, error=AdapterFileError,
+                 what="a Partial-LoRA adapter config", fix=fix)
     for key, kind in (("config", dict), ("layers", dict), ("modules_to_save", dict), ("weights_sha256", str),
                       ("base_weight_checksums", dict)):
         if not isinstance(document.get(key), kind):
@@ -248,7 +181,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in document["base_weight_checksums"].values()):
         raise AdapterFileError(f"{config_path}: field 'base_weight_checksums' must map layer names to numbers")
     for name, entries in document["modules_to_save"].items():
-        if not (isinstance(entries, dict) and all(isinstance(shape, list) and all(_non_negative_int(v) for v in shape)
+        if not (isinstance(entries, dict) and all(isinstance(shape, list) and all(is_non_negative_int(v) for v in shape)
                                                   for shape in entries.values())):
             raise AdapterFileError(f"{config_path}: the entry for saved module {name!r} must map tensor names to shapes")
     try:
@@ -265,44 +198,14 @@ def _check_layer_info(config_path: Path, name: str, info: Any) -> None:
         isinstance(info, dict)
         and info.get("kind") in ("linear", "conv1x1")
         and isinstance(info.get("shape"), list) and len(info["shape"]) == 2
-        and all(_positive_int(v) for v in info["shape"])
-        and all(_positive_int(info.get(k)) for k in ("rank", "rows", "columns"))
+        and all(is_positive_int(v) for v in info["shape"])
+        and all(is_positive_int(info.get(k)) for k in ("rank", "rows", "columns"))
         and isinstance(info.get("alpha"), (int, float)) and info["alpha"] > 0
     )
     if not ok:
         raise AdapterFileError(f"{config_path}: the entry for layer {name!r} is malformed: {info!r}")
     if info["rows"] > info["shape"][0] or info["columns"] > info["shape"][1]:
         raise AdapterFileError(f"{config_path}: layer {name!r} keeps more rows/columns than it has")
-
-
-def _non_negative_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def read_tensors(path: Path, expected_sha256: str | None) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, refusing anything else and checking its checksum."""
-    path = Path(path)
-    if not path.is_file():
-        offered = [p.name for p in path.parent.glob("*") if p.suffix in UNSAFE_SUFFIXES]
-        hint = f" (found {offered}: pickle-based files are never read; convert them to safetensors)" if offered else ""
-        raise AdapterFileError(f"{path} is missing{hint}")
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
-        raise AdapterFileError(
-            f"{path} does not match its adapter_config.json (sha256 differs): the folder was changed or written "
-            "only in part; restore it or save the adapter again"
-        )
-    try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-        return tensors
-    except Exception as err:  # safetensors raises its own error types for damaged headers
-        raise AdapterFileError(f"{path} is not a readable safetensors file ({err}); the file is damaged") from None
 
 
 def load(
@@ -325,7 +228,8 @@ def load(
     """
     directory = Path(directory)
     document = read_config(directory)
-    tensors = read_tensors(committed_weights(directory, document["weights_sha256"]), document["weights_sha256"])
+    tensors = read_tensors(committed_weights(directory, document["weights_sha256"]), document["weights_sha256"],
+                           error=AdapterFileError)
     config: PartialLoraConfig = document["config"]
     if adapter_layers(base_model):
         raise ValueError("the base model already has Partial-LoRA adapters; load into a fresh base model")

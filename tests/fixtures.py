@@ -1,0 +1,120 @@
+"""Tiny randomly initialised models of real architectures, and data for them.
+
+Plain functions (no pytest), shared by the tests (through ``conftest``) and by
+``benchmarks/reliability.py``, so neither keeps a copy.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+
+def tiny_bert(num_labels: int = 3, seed: int = 0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=120, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_vit(num_labels: int = 4, seed: int = 0):
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=2, intermediate_size=64, num_labels=num_labels,
+    )
+    return ViTForImageClassification(config).eval()
+
+
+def tiny_deberta(num_labels: int = 3, seed: int = 0):
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = DebertaV2Config(
+        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+        relative_attention=True, position_buckets=16, pos_att_type=["p2c", "c2p"],
+    )
+    return DebertaV2ForSequenceClassification(config).eval()
+
+
+def token_batch(batch: int = 2, length: int = 7, vocab: int = 100, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    return {"input_ids": torch.randint(0, vocab, (batch, length), generator=generator)}
+
+
+def randomize_adapters(model, seed: int = 1) -> None:
+    """Give every adapter a nonzero B, so the update is visible in outputs."""
+    import partial_lora
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in partial_lora.adapter_layers(model).values():
+            layer.lora_B.copy_(torch.randn(layer.lora_B.shape, generator=generator, dtype=torch.float64) * 0.1)
+
+
+class PlainSGD:
+    """``p -= lr * grad``: torch.optim's first step imports torch._dynamo (seconds), not needed here."""
+
+    def __init__(self, parameters, lr: float) -> None:
+        self.parameters, self.lr = list(parameters), lr
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for parameter in self.parameters:
+            if parameter.grad is not None:
+                parameter.sub_(parameter.grad, alpha=self.lr)
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+
+def classification_data(examples: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random tokens whose class is written, among distractors, in the first position."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (examples,), generator=generator)
+    ids = torch.randint(3, 100, (examples, 10), generator=generator)
+    ids[:, 0] = 1 + labels
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def small_mlp(seed: int = 0) -> torch.nn.Module:
+    """``Linear(64, 64) - ReLU - Linear(64, 64) - ReLU - Linear(64, 8)``: a base for save/kill tests."""
+    torch.manual_seed(seed)
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> Path:
+    """Rows as a CSV file with a header (``fields``, default the first row's keys)."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def news_rows(counts: dict[str, int]) -> list[dict]:
+    """``counts[label]`` made-up articles per label, as ``{"text", "label"}`` rows."""
+    return [{"text": f"an article about {label}, number {i}", "label": label}
+            for label, count in counts.items() for i in range(count)]
