@@ -6,11 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-
-def normalise_answer(text: str) -> str:
-    """The first word, lower-cased, without surrounding punctuation."""
-    words = text.strip().split()
-    return words[0].strip(".,;:!?\"'()").lower() if words else ""
+from .. import metrics
 
 
 @torch.no_grad()
@@ -24,7 +20,8 @@ def exact_match(
     max_length: int = 256,
     max_new_tokens: int | None = None,
 ) -> dict[str, float]:
-    """Greedy-decode each prompt and compare the first generated word with the answer.
+    """Greedy-decode each prompt and score the generations against ``answers`` with
+    :func:`partial_lora.metrics.exact_match` (the first word, normalised, must match).
 
     Prompts are left-padded and truncated from the left (the end of the prompt, where the
     question is, is kept). Returns ``{"exact_match": fraction}``.
@@ -39,7 +36,7 @@ def exact_match(
     tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    correct = 0
+    generated: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
             chunk = list(prompts[start : start + batch_size])
@@ -48,10 +45,8 @@ def exact_match(
                 **encoded, max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            generated = tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-            for text, answer in zip(generated, answers[start : start + batch_size]):
-                correct += normalise_answer(text) == normalise_answer(answer)
+            generated += tokenizer.batch_decode(output[:, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side
         model.train(was_training)
-    return {"exact_match": correct / len(prompts)}
+    return {"exact_match": metrics.exact_match(generated, answers)}

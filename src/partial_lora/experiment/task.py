@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 
 from .. import data as data_lib
+from ..metrics import classification_scores
 from ..models import load_model
 from .generation import exact_match
 from .settings import Settings
@@ -78,7 +79,8 @@ class Task:
 
 @torch.no_grad()
 def classification_metrics(model: torch.nn.Module, batches: Any) -> dict[str, float]:
-    """Accuracy and macro-F1 (fractions) of argmax predictions over ``batches``."""
+    """``{"accuracy", "macro_f1"}`` (fractions, see :mod:`partial_lora.metrics`) of argmax
+    predictions over ``batches``."""
     was_training = model.training
     model.eval()
     predictions, labels = [], []
@@ -87,19 +89,7 @@ def classification_metrics(model: torch.nn.Module, batches: Any) -> dict[str, fl
         predictions.append(model(**inputs).logits.argmax(-1).cpu())
         labels.append(batch["labels"].cpu())
     model.train(was_training)
-    predicted, truth = torch.cat(predictions), torch.cat(labels)
-    return {"accuracy": float((predicted == truth).float().mean()), "macro_f1": macro_f1(predicted, truth)}
-
-
-def macro_f1(predicted: torch.Tensor, truth: torch.Tensor) -> float:
-    """Unweighted mean over the classes present in ``truth`` of per-class F1."""
-    scores = []
-    for label in torch.unique(truth):
-        tp = int(((predicted == label) & (truth == label)).sum())
-        fp = int(((predicted == label) & (truth != label)).sum())
-        fn = int(((predicted != label) & (truth == label)).sum())
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(sum(scores) / len(scores))
+    return classification_scores(torch.cat(predictions), torch.cat(labels))
 
 
 def build_task(settings: Settings) -> Task:

@@ -33,6 +33,10 @@ callable      ``fn(logits [N, C], labels [N])``;     (not supported)
 
 If the baseline is not above the floor, "relative" has no meaning (the model is at chance on
 these examples); the absolute rule is used and a note says so.
+
+Classification scores are computed by :mod:`partial_lora.metrics` (macro-F1 over the classes in
+the labels or the predictions, scikit-learn's meaning); the causal-LM scores are computed here
+from the token statistics that a scoring pass keeps.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from typing import Callable
 
 import torch
 
+from ..metrics import accuracy, macro_f1, neg_loss
 from .batches import CAUSAL_LM, CLASSIFICATION
 from .outputs import Outputs
 
@@ -73,21 +78,9 @@ def _majority(labels: torch.Tensor) -> int:
     return int(torch.bincount(labels).argmax())
 
 
-def _f1_macro(predicted: torch.Tensor, labels: torch.Tensor, classes: int) -> float:
-    scores = []
-    for c in range(classes):
-        if not ((labels == c).any() or (predicted == c).any()):
-            continue  # a class absent from both counts for nothing
-        tp = int(((predicted == c) & (labels == c)).sum())
-        fp = int(((predicted == c) & (labels != c)).sum())
-        fn = int(((predicted != c) & (labels == c)).sum())
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / len(scores)
-
-
 def _accuracy(out: Outputs) -> float:
     if out.kind == CLASSIFICATION:
-        return float((_predictions(out) == out.labels).double().mean())
+        return accuracy(_predictions(out), out.labels)
     return float(out.correct.sum()) / float(out.tokens.sum())
 
 
@@ -99,12 +92,12 @@ def _accuracy_floor(out: Outputs) -> float:
 
 
 def _macro_f1(out: Outputs) -> float:
-    return _f1_macro(_predictions(out), out.labels, out.logits.shape[1])
+    return macro_f1(_predictions(out), out.labels)
 
 
 def _macro_f1_floor(out: Outputs) -> float:
     constant = torch.full_like(out.labels, _majority(out.labels))
-    return _f1_macro(constant, out.labels, out.logits.shape[1])
+    return macro_f1(constant, out.labels)
 
 
 def _exact_match(out: Outputs) -> float:
@@ -119,7 +112,7 @@ def _exact_match_floor(out: Outputs) -> float:
 
 def _neg_loss(out: Outputs) -> float:
     if out.kind == CLASSIFICATION:
-        return -float(torch.nn.functional.cross_entropy(out.logits, out.labels))
+        return neg_loss(out.logits, out.labels)
     return -float(out.nll.sum()) / float(out.tokens.sum())
 
 

@@ -1,5 +1,7 @@
 """Default evaluation: loss, accuracy and macro-F1 of a classifier.
 
+The scores come from :mod:`partial_lora.metrics` (``classification_scores`` is re-exported here).
+
 Used by the training loop when no ``evaluate`` callable is given. Works on one process or
 several (an ``accelerate.Accelerator``): process ``k`` of ``n`` evaluates batches ``k, k + n,
 ...``, the predictions are gathered, and every process returns the same numbers.
@@ -12,27 +14,11 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..metrics import classification_scores
 from .batches import check_batch, to_device
 from .batches import shard as shard_batches
 
-
-def classification_scores(predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy and macro-F1 of integer ``predictions`` against ``labels`` (both ``[N]``).
-
-    Macro-F1 averages the per-class F1 over the classes that occur in the labels or the
-    predictions (as scikit-learn does); labels < 0 (e.g. -100) are ignored.
-    """
-    keep = labels >= 0
-    predictions, labels = predictions[keep].long(), labels[keep].long()
-    if labels.numel() == 0:
-        return {}
-    size = int(torch.maximum(predictions.max(), labels.max())) + 1
-    hits = torch.bincount(labels[predictions == labels], minlength=size).double()  # true positives per class
-    predicted = torch.bincount(predictions, minlength=size).double()  # tp + fp
-    actual = torch.bincount(labels, minlength=size).double()  # tp + fn
-    present = (predicted + actual) > 0
-    f1 = 2 * hits[present] / (predicted + actual)[present]
-    return {"accuracy": float((predictions == labels).double().mean()), "macro_f1": float(f1.mean())}
+__all__ = ["classification_scores", "evaluate_classification", "output_field"]
 
 
 @torch.no_grad()
