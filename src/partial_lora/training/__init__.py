@@ -3,7 +3,8 @@
 * :class:`TrainingConfig` - optimiser, schedule, checkpoint and logging settings;
 * :func:`train` - the loop (AdamW, warm-up and decay, clipping, evaluation, exact resume);
 * :class:`TrainResult` - metrics, history, time, peak memory;
-* :mod:`.checkpoint` - crash-safe checkpoints in safetensors and JSON;
+* :mod:`.checkpoint` - crash-safe checkpoints in safetensors and JSON (:mod:`.resume` writes and restores them);
+* :mod:`.optimizer` - AdamW's parameter groups and the adapter protocol (``adapter_parameters()``);
 * :class:`TensorBatches` - reproducibly shuffled batches of in-memory tensors;
 * :func:`evaluate_classification` - the default evaluation (loss, accuracy, macro-F1).
 
@@ -23,8 +24,9 @@ from .batches import TensorBatches
 from .checkpoint import Checkpoint, CheckpointError, latest_checkpoint, read_checkpoint
 from .config import TrainingConfig
 from .evaluate import classification_scores, evaluate_classification
-from .loop import make_accelerator, train
+from .loop import train
 from .result import TrainingDiverged, TrainResult
+from .setup import make_accelerator
 
 __all__ = [
     "Checkpoint",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NoReturn
+
+from ..checks import invalid, is_int, is_number
 
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -22,16 +24,8 @@ TRAJECTORY_FIELDS = (
 )
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"TrainingConfig.{name}={value!r} is invalid: {allowed}")
-
-
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int)
+def _fail(name: str, value: Any, allowed: str) -> NoReturn:
+    invalid(f"TrainingConfig.{name}", value, allowed)
 
 
 @dataclass
@@ -50,10 +44,10 @@ class TrainingConfig:
         warmup_steps: warm-up length in steps; set this or ``warmup_ratio``, not both.
         schedule: after warm-up, ``"linear"`` decay to 0, ``"cosine"`` decay to 0, or ``"constant"``.
         max_grad_norm: clip the global L2 norm of the gradients to this value; None disables.
-        adapter_lr_scale: learning-rate multiplier for the Partial-LoRA adapter tensors
-            (the tensors of every :class:`~partial_lora.PartialLoraLayer` other than the base
-            weight and bias: ``lora_A``/``lora_B``, or Partial-AdaLoRA's ``P``/``E``/``Q``); other
-            trainable tensors (e.g. a new head) train at ``learning_rate`` (> 0).
+        adapter_lr_scale: learning-rate multiplier for the adapter tensors, those a module
+            returns from ``adapter_parameters()`` (see :mod:`.optimizer`): Partial-LoRA's
+            ``lora_A``/``lora_B``, Partial-AdaLoRA's ``P``/``E``/``Q``, never a base weight or
+            bias; other trainable tensors (e.g. a new head) train at ``learning_rate`` (> 0).
         checkpoint_every: write a checkpoint every this many optimizer steps (and at the
             end) into ``output_dir/checkpoint``; None writes none.
         keep_checkpoints: how many of the newest checkpoints to keep (>= 1).
@@ -93,47 +87,47 @@ class TrainingConfig:
     shard_batches: bool = True
 
     def __post_init__(self) -> None:
-        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
+        if not is_number(self.learning_rate) or self.learning_rate <= 0:
             _fail("learning_rate", self.learning_rate, "expected a positive number, e.g. 2e-4")
-        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+        if not is_number(self.weight_decay) or self.weight_decay < 0:
             _fail("weight_decay", self.weight_decay, "expected a number >= 0, e.g. 0.01")
         betas = self.betas
         if (
             not isinstance(betas, (tuple, list)) or len(betas) != 2
-            or not all(_is_number(b) and 0 <= b < 1 for b in betas)
+            or not all(is_number(b) and 0 <= b < 1 for b in betas)
         ):
             _fail("betas", betas, "expected two numbers in [0, 1), e.g. (0.9, 0.999)")
         self.betas = (float(betas[0]), float(betas[1]))
-        if not _is_number(self.eps) or self.eps <= 0:
+        if not is_number(self.eps) or self.eps <= 0:
             _fail("eps", self.eps, "expected a positive number, e.g. 1e-8")
-        if not _is_int(self.epochs) or self.epochs < 1:
+        if not is_int(self.epochs) or self.epochs < 1:
             _fail("epochs", self.epochs, "expected an integer >= 1")
-        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
+        if self.max_steps is not None and (not is_int(self.max_steps) or self.max_steps < 1):
             _fail("max_steps", self.max_steps, "expected None or an integer >= 1")
-        if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+        if not is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
             _fail("warmup_ratio", self.warmup_ratio, "expected a fraction in [0, 1), e.g. 0.06")
         if self.warmup_steps is not None:
-            if not _is_int(self.warmup_steps) or self.warmup_steps < 0:
+            if not is_int(self.warmup_steps) or self.warmup_steps < 0:
                 _fail("warmup_steps", self.warmup_steps, "expected None or an integer >= 0")
             if self.warmup_ratio > 0:
                 _fail("warmup_steps", self.warmup_steps, f"set warmup_steps or warmup_ratio (={self.warmup_ratio}), not both")
         if self.schedule not in SCHEDULES:
             _fail("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
-        if not _is_number(self.adapter_lr_scale) or self.adapter_lr_scale <= 0:
+        if not is_number(self.adapter_lr_scale) or self.adapter_lr_scale <= 0:
             _fail("adapter_lr_scale", self.adapter_lr_scale, "expected a positive factor (1.0 = learning_rate)")
-        if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
+        if self.max_grad_norm is not None and (not is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
             _fail("max_grad_norm", self.max_grad_norm, "expected a positive number, e.g. 1.0, or None to disable clipping")
         if self.checkpoint_every is not None:
-            if not _is_int(self.checkpoint_every) or self.checkpoint_every < 1:
+            if not is_int(self.checkpoint_every) or self.checkpoint_every < 1:
                 _fail("checkpoint_every", self.checkpoint_every, "expected None or a number of steps >= 1")
             if self.output_dir is None:
                 _fail("checkpoint_every", self.checkpoint_every, "checkpoints need an output_dir; set output_dir")
-        if not _is_int(self.keep_checkpoints) or self.keep_checkpoints < 1:
+        if not is_int(self.keep_checkpoints) or self.keep_checkpoints < 1:
             _fail("keep_checkpoints", self.keep_checkpoints, "expected an integer >= 1")
         for name in ("eval_every_epoch", "progress", "cpu", "shard_batches"):
             if not isinstance(getattr(self, name), bool):
                 _fail(name, getattr(self, name), "expected True or False")
-        if not _is_int(self.seed) or self.seed < 0:
+        if not is_int(self.seed) or self.seed < 0:
             _fail("seed", self.seed, "expected a non-negative integer")
         if self.output_dir is not None:
             if not isinstance(self.output_dir, str) and hasattr(self.output_dir, "__fspath__"):
@@ -142,7 +136,7 @@ class TrainingConfig:
                 _fail("output_dir", self.output_dir, "expected a folder path or None")
         if self.mixed_precision not in MIXED_PRECISION:
             _fail("mixed_precision", self.mixed_precision, f"choose one of {', '.join(MIXED_PRECISION)}")
-        if not _is_int(self.log_every) or self.log_every < 1:
+        if not is_int(self.log_every) or self.log_every < 1:
             _fail("log_every", self.log_every, "expected an integer >= 1")
 
     def warmup_for(self, total_steps: int) -> int:
