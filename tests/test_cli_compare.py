@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from partial_lora.cli import main
-from partial_lora.experiment.settings import METHODS
+from partial_lora.methods import METHODS
 
 pytestmark = pytest.mark.slow
 
