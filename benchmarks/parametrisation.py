@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     args = parser.parse_args()
     from partial_lora import apply, PartialLoraConfig
-    from partial_lora.baselines import build_method, sparse_learning_rate_scale
+    from partial_lora.methods import build_method, sparse_learning_rate_scale
     from partial_lora import data as data_lib
     from partial_lora.ticket import find_ticket
     from partial_lora.training import TrainingConfig, train

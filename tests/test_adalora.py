@@ -9,18 +9,15 @@ from torch import nn
 
 import partial_lora
 from partial_lora import PartialLoraConfig, PartialLoraLayer
-from partial_lora.adalora import (
+from partial_lora.methods.partial_adalora import (
     PartialAdaLoraLayer,
-    RankAllocator,
     active_ranks,
     adalora_layers,
     apply_partial_adalora,
     finalize,
     finalized,
-    orthogonal_penalty,
-    rank_budget,
-    training_hooks,
 )
+from partial_lora.methods.rank_allocation import RankAllocator, orthogonal_penalty, rank_budget, training_hooks
 
 from conftest import PlainSGD, tiny_bert, token_batch
 

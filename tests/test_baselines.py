@@ -9,8 +9,7 @@ import torch
 from peft import PeftModel
 
 import partial_lora
-from partial_lora.adalora import adalora_layers
-from partial_lora.baselines import (
+from partial_lora.methods import (
     METHODS,
     build_method,
     method_learning_rate,
@@ -19,6 +18,7 @@ from partial_lora.baselines import (
     sparse_learning_rate_scale,
     uniform_keep_ratio,
 )
+from partial_lora.methods.partial_adalora import adalora_layers
 
 from conftest import PlainSGD, tiny_bert, token_batch
 

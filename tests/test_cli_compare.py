@@ -12,7 +12,7 @@ import json
 import pytest
 
 from partial_lora.cli import main
-from partial_lora.experiment.settings import METHODS
+from partial_lora.methods import METHODS
 
 pytestmark = pytest.mark.slow
 

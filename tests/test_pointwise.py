@@ -14,8 +14,8 @@ import torch
 from peft import PeftModel
 from torch import nn
 
-from partial_lora.baselines import MethodNotApplicable, build_method, save_method
-from partial_lora.pointwise import PointwiseConvAsLinear, is_pointwise_conv, wrap_pointwise_convs
+from partial_lora.methods import MethodNotApplicable, build_method, save_method
+from partial_lora.methods.pointwise import PointwiseConvAsLinear, is_pointwise_conv, wrap_pointwise_convs
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # PEFT's SHiRA
 

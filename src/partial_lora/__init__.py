@@ -7,6 +7,7 @@ The package reads as the method, in order:
 * :mod:`partial_lora.layer` - the compact adapter layer;
 * :mod:`partial_lora.surgery` - putting adapters into a model, merging them out;
 * :mod:`partial_lora.adapter_files` and :mod:`partial_lora.peft_interop` - saving, loading, PEFT folders;
+* :mod:`partial_lora.methods` - every method of the comparison (PEFT baselines, Partial-AdaLoRA) by name;
 * :mod:`partial_lora.training` and :mod:`partial_lora.cli` - training and the command line.
 """
 

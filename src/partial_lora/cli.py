@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .experiment.settings import METHODS, PACKAGED_DATASETS, Settings, field_names
+from .experiment.settings import PACKAGED_DATASETS, Settings, field_names
+from .methods import METHODS
 
 
 class UsageError(Exception):

@@ -60,6 +60,10 @@ class PartialLoraLayer(nn.Module):
 
     Trainable tensors: ``lora_A`` ``[r, |C|]`` (Kaiming-uniform like LoRA) and ``lora_B``
     ``[|R|, r]`` (zeros, so the adapted model starts equal to the base).
+
+    A variant with other adapter tensors (Partial-AdaLoRA) overrides
+    :meth:`_create_adapter_tensors` and :meth:`reset_lora_parameters` and provides ``lora_A``
+    and ``lora_B`` as the equivalent factors; everything else (forward, merge, export) is shared.
     """
 
     def __init__(
@@ -86,11 +90,6 @@ class PartialLoraLayer(nn.Module):
         self.r = int(r)
         self.alpha = float(alpha)
         self.scaling = self.alpha / self.r
-        factory = {"device": self.weight.device, "dtype": self.weight.dtype}
-        if not self.weight.dtype.is_floating_point:
-            factory["dtype"] = torch.float32
-        self.lora_A = nn.Parameter(torch.empty(self.r, len(columns), **factory))
-        self.lora_B = nn.Parameter(torch.zeros(len(rows), self.r, **factory))
         self.register_buffer("lora_rows", rows.to(self.weight.device))
         self.register_buffer("lora_columns", columns.to(self.weight.device))
         self.all_rows = len(rows) == self.out_features
@@ -98,9 +97,22 @@ class PartialLoraLayer(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.adapter_enabled = True
+        factory_kwargs = {"device": self.weight.device, "dtype": self.weight.dtype}
+        if not self.weight.dtype.is_floating_point:
+            factory_kwargs["dtype"] = torch.float32
+        self._create_adapter_tensors(factory_kwargs)
         self.reset_lora_parameters(generator)
 
     # -- parameters ----------------------------------------------------------------------
+    def _create_adapter_tensors(self, factory_kwargs: dict) -> None:
+        """Register the trainable tensors: ``lora_A`` ``[r, |C|]`` and ``lora_B`` ``[|R|, r]``.
+
+        ``factory_kwargs`` holds the ``device`` and ``dtype`` they take (the base weight's;
+        float32 for a non-floating weight). Values come from :meth:`reset_lora_parameters`.
+        """
+        self.lora_A = nn.Parameter(torch.empty(self.r, len(self.lora_columns), **factory_kwargs))
+        self.lora_B = nn.Parameter(torch.zeros(len(self.lora_rows), self.r, **factory_kwargs))
+
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
         """``A ~ U(-1/sqrt(|C|), 1/sqrt(|C|))`` (PyTorch's Kaiming-uniform with a=sqrt(5)), ``B = 0``."""
         bound = 1.0 / math.sqrt(self.lora_A.shape[1])
@@ -110,6 +122,7 @@ class PartialLoraLayer(nn.Module):
             self.lora_B.zero_()
 
     def adapter_parameters(self) -> list[nn.Parameter]:
+        """The trainable adapter tensors (what an optimizer or a learning-rate scale is given)."""
         return [self.lora_A, self.lora_B]
 
     @property

@@ -3,6 +3,10 @@
 ``apply`` changes the model in place and returns it; ``merge`` folds every adapter into its
 base weight and puts plain layers back; ``disable_adapters`` is a context manager that
 runs the base model alone.
+
+One mechanism serves every variant: ``apply`` and ``inject`` take the ``layer_class`` to swap
+in (:class:`~partial_lora.layer.PartialLoraLayer` by default; Partial-AdaLoRA passes its
+subclass), built as ``layer_class(base, rows, columns, r=..., alpha=..., dropout=..., generator=...)``.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ def apply(
     config: PartialLoraConfig,
     *,
     scores: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    layer_class: type[PartialLoraLayer] = PartialLoraLayer,
 ) -> nn.Module:
     """Put a Partial-LoRA layer in place of every target layer; freeze everything else.
 
@@ -87,6 +92,7 @@ def apply(
         config: which layers, rank, keep ratios, selection rule and seed.
         scores: optional ``{module name: (row_scores, column_scores)}`` used by the
             ``targeted`` and ``stochastic`` selection rules (a ticket's scores).
+        layer_class: the adapter layer to build, :class:`PartialLoraLayer` or a subclass.
 
     Returns:
         the same model object, changed in place. Only adapter tensors and the parameters of
@@ -111,7 +117,7 @@ def apply(
             name, base_shape(module), config.keep_ratio_for(name), config.selection, config.seed,
             *(pair if pair is not None else (None, None)),
         )
-    inject(model, config, indices, targets=targets)
+    inject(model, config, indices, targets=targets, layer_class=layer_class)
     for module in saved.values():
         module.requires_grad_(True)
     return model
@@ -123,8 +129,9 @@ def inject(
     indices: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
     *,
     targets: Mapping[str, nn.Module] | None = None,
+    layer_class: type[PartialLoraLayer] = PartialLoraLayer,
 ) -> dict[str, PartialLoraLayer]:
-    """Swap in layers with the given kept rows/columns (no selection); freeze the model.
+    """Swap in ``layer_class`` layers with the given kept rows/columns (no selection); freeze the model.
 
     Used by :func:`apply` and by loading, which must rebuild exactly the saved indices.
     """
@@ -132,7 +139,7 @@ def inject(
     model.requires_grad_(False)
     layers = {}
     for name, (rows, columns) in indices.items():
-        layer = PartialLoraLayer(
+        layer = layer_class(
             modules[name], rows, columns, r=config.rank_for(name), alpha=config.alpha,
             dropout=config.dropout, generator=layer_generator(config.seed, name, "init"),
         )

@@ -13,7 +13,7 @@ import torch
 
 from .. import adapter_files
 from ..files import atomic_write_bytes
-from ..baselines import (
+from ..methods import (
     TICKET_METHODS,
     MethodNotApplicable,
     build_method,
@@ -136,7 +136,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         method, model, r=rank, alpha=alpha, target_modules=settings.target_modules,
         modules_to_save=settings.modules_to_save, keep_ratios=ticket.keep_ratios() if ticket else None,
         ticket_scores=ticket.scores if ticket else None, seed=seed, total_steps=total_steps,
-        budget=settings.budget, layer_shapes=ticket.layer_shapes() if ticket else None,
+        budget=settings.budget,
     )
     config = TrainingConfig(
         learning_rate=method_learning_rate(method, settings.learning_rate), epochs=settings.epochs,

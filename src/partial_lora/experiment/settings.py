@@ -11,14 +11,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..methods import METHODS
 from ..ticket.metrics import BUILTIN as TICKET_METRICS
 from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 
 PACKAGED_DATASETS = ("bbc", "mnist", "bbc-gen")
-METHODS = (
-    "full", "lora", "adalora", "vera", "dora", "random-masking",
-    "partial-lora", "partial-adalora", "targeted", "stochastic", "uniform",
-)
 
 # Per packaged dataset: model, task kind, target layers, saved head, schedule. Sized so the
 # default `run` (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores.

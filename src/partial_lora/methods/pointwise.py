@@ -5,7 +5,8 @@ A 1x1 convolution with stride 1, no padding, no dilation and one group applies t
 channel dimension. PEFT's VeRA and SHiRA adapt only ``nn.Linear``; :func:`wrap_pointwise_convs`
 replaces such convolutions by :class:`PointwiseConvAsLinear`, whose ``.linear`` child shares
 the convolution's weight storage (no copy), so those methods run unchanged on vision models
-such as EfficientNet-Lite0.
+such as EfficientNet-Lite0. A model whose convolutions a method wrapped records their names
+(:func:`record_wrapped_convs`, read back by :func:`wrapped_convs`), so saving can list them for reloading.
 
 Example (reloading a VeRA adapter trained on wrapped convolutions)::
 
@@ -19,6 +20,10 @@ from typing import Iterable
 
 import torch
 from torch import nn
+
+from ..naming import set_submodule
+
+WRAPPED_CONVS_ATTRIBUTE = "partial_lora_pointwise_convs"  # on a model: the names of its wrapped convolutions
 
 
 def is_pointwise_conv(module: nn.Module) -> bool:
@@ -79,8 +84,17 @@ def wrap_pointwise_convs(model: nn.Module, names: Iterable[str]) -> list[str]:
             targets.append(name)
             continue
         if not isinstance(module, PointwiseConvAsLinear):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, PointwiseConvAsLinear(module))
+            set_submodule(model, name, PointwiseConvAsLinear(module))
         targets.append(f"{name}.linear")
     return targets
+
+
+def record_wrapped_convs(model: nn.Module, names: Iterable[str]) -> None:
+    """Note on ``model`` the names (before wrapping) of the convolutions a method wrapped."""
+    setattr(model, WRAPPED_CONVS_ATTRIBUTE, list(names))
+
+
+def wrapped_convs(model: nn.Module) -> list[str]:
+    """The names :func:`record_wrapped_convs` noted, on ``model`` or on the model a ``PeftModel`` wraps."""
+    inner = getattr(getattr(model, "base_model", None), "model", None)
+    return list(getattr(model, WRAPPED_CONVS_ATTRIBUTE, None) or getattr(inner, WRAPPED_CONVS_ATTRIBUTE, None) or [])
