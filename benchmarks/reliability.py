@@ -732,7 +732,7 @@ def adapter_signature(model) -> tuple[dict, dict, dict]:
 
 
 def signature_differences(a, b) -> list[str]:
-    (state_a, shape_a, config_a), (state_b, shape_b, config_b) = a, b
+    (state_a, shape_a, _), (state_b, shape_b, _) = a, b
     problems = []
     if state_a.keys() != state_b.keys():
         problems.append(f"state_dict keys differ ({sorted(set(state_a) ^ set(state_b))[:3]})")

@@ -42,7 +42,7 @@ TARGETS = ["query", "key", "value"]
 def few_shot_batches(tokenizer, shots: int, seed: int, max_length: int, batch_size: int) -> tuple[list[dict], str]:
     """The main job's few-shot batches: ``shots`` per class from the training split."""
     from partial_lora import data as data_lib
-    from partial_lora.experiment.task import SPLIT_SEED
+    from partial_lora.commands.task import SPLIT_SEED
 
     train, _ = data_lib.stratified_split(data_lib.load_dataset("bbc"), test_fraction=0.2, seed=SPLIT_SEED)
     subset = data_lib.few_shot(train, shots, seed=seed)

@@ -143,7 +143,7 @@ def record_base_norms(setting: plan.Setting, folder: Path) -> None:
     """``base_norms.json``: ``{layer: ||W||_F}`` of the pretrained target layers (for item 8)."""
     import torch
 
-    from partial_lora.experiment.settings import Settings, resolve
+    from partial_lora.commands.settings import Settings, resolve
     from partial_lora.layer import base_shape
     from partial_lora.models import load_model
 

@@ -11,8 +11,8 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from partial_lora import metrics
-from partial_lora.experiment.generation import exact_match as generation_exact_match
-from partial_lora.experiment.task import classification_metrics
+from partial_lora.commands.generation import exact_match as generation_exact_match
+from partial_lora.commands.task import classification_metrics
 from partial_lora.ticket.metrics import get_metric
 from partial_lora.ticket.outputs import Outputs
 from partial_lora.training import classification_scores, evaluate_classification

@@ -7,7 +7,7 @@ which setting is wrong, what it was and what to give instead.
 from __future__ import annotations
 
 import math
-from typing import Any, NoReturn
+from typing import Any, Mapping, NoReturn
 
 
 def invalid(field: str, value: Any, allowed: str) -> NoReturn:
@@ -31,3 +31,18 @@ def is_positive_int(value: Any) -> bool:
 
 def is_non_negative_int(value: Any) -> bool:
     return is_int(value) and value >= 0
+
+
+def known_fields(cls: type, data: Any, what: str, hint: str = "") -> dict[str, Any]:
+    """``dict(data)`` after checking it is a mapping naming only fields of dataclass ``cls``.
+
+    ``what`` names the document in messages (``"adapter config"``); ``hint`` is appended to
+    the unknown-fields message (e.g. where such fields come from).
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{what} must be a mapping (a JSON object), got {type(data).__name__}")
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; allowed: {sorted(known)}.{' ' + hint if hint else ''}")
+    return dict(data)

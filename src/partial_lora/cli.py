@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from .experiment.settings import PACKAGED_DATASETS, Settings, field_names
+from .commands.settings import PACKAGED_DATASETS, Settings, field_names
 from .methods import METHODS
 
 
@@ -159,9 +159,8 @@ def read_yaml_config(path: str, allowed: Sequence[str]) -> dict[str, Any]:
     unknown = sorted(set(normalised) - set(allowed))
     if unknown:
         raise UsageError(f"--config {path}: unknown option(s) {unknown}; this command accepts {sorted(allowed)}")
-    for key in ("methods",):
-        if isinstance(normalised.get(key), str):
-            normalised[key] = _str_list(normalised[key])
+    if isinstance(normalised.get("methods"), str):
+        normalised["methods"] = _str_list(normalised["methods"])
     for key in ("seeds", "ranks"):
         if isinstance(normalised.get(key), (str, int)):
             normalised[key] = _int_list(str(normalised[key]))
@@ -196,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's
     try:
         settings = settings_from_args(args)
-        from .experiment import commands
+        from . import commands
 
         return int(getattr(commands, f"{args.command}_command")(settings, args) or 0)
     except UsageError as err:

@@ -13,7 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, NoReturn
 
-from .checks import invalid
+from .checks import invalid, known_fields
 from .naming import ALL_LINEAR, compile_pattern, pattern_value
 
 SELECTIONS = ("random", "targeted", "stochastic")
@@ -23,7 +23,8 @@ def _fail(name: str, value: Any, allowed: str) -> NoReturn:
     invalid(f"PartialLoraConfig.{name}", value, allowed)
 
 
-def _check_ratio(name: str, value: Any) -> float:
+def check_keep_ratio(name: str, value: Any) -> float:
+    """``value`` as a float if it is a keep ratio in (0, 1]; else ``ValueError`` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(name, value, "expected a number in (0, 1]")
     if not (0.0 < float(value) <= 1.0) or math.isnan(float(value)):
@@ -83,10 +84,10 @@ class PartialLoraConfig:
         self.modules_to_save = list(self.modules_to_save or [])
         if not all(isinstance(m, str) and m for m in self.modules_to_save):
             _fail("modules_to_save", self.modules_to_save, "expected a list of module name suffixes")
-        self.keep_ratio = _check_ratio("keep_ratio", self.keep_ratio)
+        self.keep_ratio = check_keep_ratio("keep_ratio", self.keep_ratio)
         if not isinstance(self.keep_ratios, Mapping):
             _fail("keep_ratios", self.keep_ratios, "expected a mapping {module name or pattern: ratio}")
-        self.keep_ratios = {str(k): _check_ratio(f"keep_ratios[{k!r}]", v) for k, v in self.keep_ratios.items()}
+        self.keep_ratios = {str(k): check_keep_ratio(f"keep_ratios[{k!r}]", v) for k, v in self.keep_ratios.items()}
         if self.selection not in SELECTIONS:
             _fail("selection", self.selection, f"choose one of {', '.join(SELECTIONS)}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
@@ -129,16 +130,8 @@ class PartialLoraConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PartialLoraConfig":
-        if not isinstance(data, Mapping):
-            raise ValueError(f"adapter config must be a JSON object, got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown PartialLoraConfig fields {unknown}; allowed: {sorted(known)}. "
-                "Was this file written by a newer partial-lora, or is it a PEFT folder (use import_peft)?"
-            )
-        return cls(**dict(data))
+        return cls(**known_fields(cls, data, "adapter config", hint=(
+            "Was this file written by a newer partial-lora, or is it a PEFT folder (use import_peft)?")))
 
     @classmethod
     def from_ticket(cls, ticket: Any, *, budget: int | None = None, **overrides: Any) -> "PartialLoraConfig":

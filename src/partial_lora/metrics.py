@@ -1,7 +1,7 @@
 """Scores of predictions: accuracy, macro-F1, negative loss and exact match of answers.
 
 The one implementation of each score; tickets (:mod:`partial_lora.ticket.metrics`), the
-training loop's default evaluation and the experiment reports all call these. Every score is
+training loop's default evaluation and the command reports all call these. Every score is
 "higher is better"; accuracy, macro-F1 and exact match are fractions in ``[0, 1]``.
 
 * **accuracy**: the fraction of examples whose predicted class is the label.

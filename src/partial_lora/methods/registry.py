@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..checks import is_positive_int
+from ..config import check_keep_ratio
 from ..naming import pattern_key, pattern_value
 from ..surgery import find_target_modules
 
@@ -112,14 +113,15 @@ class MethodRequest:
                     "ticket with the same target_modules, or pass keep_ratio= for the layers it lacks"
                 )
             fallback = keep_ratio or 1.0
-            return {name: float(pattern_value(self.keep_ratios, name, fallback)) for name in targets}
+            return {name: check_keep_ratio(f"keep_ratios[{name!r}]", pattern_value(self.keep_ratios, name, fallback))
+                    for name in targets}
         if keep_ratio is None:
             keep_ratio = default
         if keep_ratio is None:
             raise ValueError(
                 f"method {self.name!r} needs keep_ratios (a ticket's: ticket.keep_ratios()) or one keep_ratio="
             )
-        return {name: float(keep_ratio) for name in targets}
+        return {name: check_keep_ratio("keep_ratio", keep_ratio) for name in targets}
 
 
 def check_method(name: str) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..naming import model_name_or_path
 from ..surgery import find_target_modules
-from .batches import example_count, fingerprint, prepare_batches, shots_per_class, task_kind
+from .few_shot import example_count, fingerprint, prepare_batches, shots_per_class, task_kind
 from .heads import build_head
 from .magnitude_pruning import imp_layers
 from .options import TicketOptions

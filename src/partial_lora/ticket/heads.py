@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..naming import HEAD_NAMES, inside, is_head_name
-from .batches import CLASSIFICATION, model_inputs
+from .few_shot import CLASSIFICATION, model_inputs
 from .probe import fit_linear_probe
 
 HEADS = ("auto", "own", "probe", "zero-shot")

@@ -48,7 +48,7 @@ from typing import Callable
 import torch
 
 from ..metrics import accuracy, macro_f1, neg_loss
-from .batches import CAUSAL_LM, CLASSIFICATION
+from .few_shot import CAUSAL_LM, CLASSIFICATION
 from .outputs import Outputs
 
 TOLERANCE = 1e-9

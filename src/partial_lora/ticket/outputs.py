@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .batches import CLASSIFICATION
+from .few_shot import CLASSIFICATION
 
 IGNORE = -100
 
@@ -51,20 +51,7 @@ class Outputs:
                        targets=[self.targets[i] for i in index.tolist()], vocab_size=self.vocab_size)
 
 
-@dataclass
-class BatchOutputs:
-    """One batch, reduced (see :class:`Outputs`)."""
-
-    labels: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    nll: torch.Tensor | None = None
-    tokens: torch.Tensor | None = None
-    correct: torch.Tensor | None = None
-    targets: list[torch.Tensor] = field(default_factory=list)
-    vocab_size: int | None = None
-
-
-def reduce_batch(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> BatchOutputs:
+def reduce_batch(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> Outputs:
     """Reduce one batch's logits (``[B, C]`` or ``[B, T, V]``) against its labels."""
     logits = logits.detach()
     if kind == CLASSIFICATION:
@@ -74,13 +61,13 @@ def reduce_batch(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> Batch
         if int(labels.max()) >= logits.shape[1]:
             raise ValueError(f"a label is {int(labels.max())} but the head scores only {logits.shape[1]} classes; "
                              "give a head with one output per class (num_labels)")
-        return BatchOutputs(labels=labels.cpu(), logits=logits.to("cpu", torch.float64))
+        return Outputs(kind, labels=labels.cpu(), logits=logits.to("cpu", torch.float64))
     nll, tokens, correct, targets = _token_statistics(logits, labels)
-    return BatchOutputs(nll=nll, tokens=tokens, correct=correct, targets=targets, vocab_size=logits.shape[-1])
+    return Outputs(kind, nll=nll, tokens=tokens, correct=correct, targets=targets, vocab_size=logits.shape[-1])
 
 
-def collect(kind: str, parts: list[BatchOutputs]) -> Outputs:
-    """Concatenate reduced batches into :class:`Outputs`."""
+def collect(kind: str, parts: list[Outputs]) -> Outputs:
+    """Concatenate reduced batches into one :class:`Outputs`."""
     if kind == CLASSIFICATION:
         return Outputs(kind, labels=torch.cat([p.labels for p in parts]), logits=torch.cat([p.logits for p in parts]))
     return Outputs(

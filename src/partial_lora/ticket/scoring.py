@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .batches import CLASSIFICATION
+from .few_shot import CLASSIFICATION
 from .heads import ProbeHead
 from .metrics import Metric, passes, required_score
 from .outputs import Outputs, collect, reduce_batch

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, NoReturn
 
-from ..checks import invalid, is_int, is_number
+from ..checks import invalid, is_int, is_number, known_fields
 
 SCHEDULES = ("linear", "cosine", "constant")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -152,10 +152,4 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainingConfig":
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a training config must be a mapping, got {type(data).__name__}")
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainingConfig fields {unknown}; allowed: {sorted(known)}")
-        return cls(**dict(data))
+        return cls(**known_fields(cls, data, "a training config"))

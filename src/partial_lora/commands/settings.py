@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from ..methods import METHODS
+from ..data import PACKAGED as PACKAGED_DATASETS
 from ..ticket.metrics import BUILTIN as TICKET_METRICS
 from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 
-PACKAGED_DATASETS = ("bbc", "mnist", "bbc-gen")
 
 # Per packaged dataset: model, task kind, target layers, saved head, schedule. Sized so the
 # default `run` (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores.
@@ -104,9 +104,8 @@ class Settings:
             fail("ticket_method", f"choose one of {', '.join(TICKET_EXTRACTION_METHODS)}")
         if self.seed < 0 or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be integers >= 0, got seed={self.seed!r}, seeds={self.seeds!r}")
-        for name in ("method",):
-            if getattr(self, name) not in METHODS:
-                fail(name, f"choose one of {', '.join(METHODS)}")
+        if self.method not in METHODS:
+            fail("method", f"choose one of {', '.join(METHODS)}")
         if not self.methods:
             raise ValueError("methods is empty: name at least one method, e.g. --methods lora,partial-lora")
         if self.metric is not None and self.metric not in TICKET_METRICS:

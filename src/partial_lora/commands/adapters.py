@@ -1,0 +1,58 @@
+"""``partial-lora eval | export | merge``: use a saved adapter (its base is rebuilt from its metadata)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import adapter_files
+from ..peft_interop import export_peft
+from ..surgery import merge
+from .output import check_out, prepare_out
+from .settings import Settings, resolve
+from .task import Task, build_task
+
+
+def _base_for_adapter(settings: Settings, adapter: Path) -> tuple[Task, torch.nn.Module, dict[str, Any]]:
+    document = adapter_files.read_config(adapter)
+    metadata = document.get("metadata") or {}
+    updates = {k: metadata[k] for k in ("model", "dataset", "max_length", "train_per_class", "test_per_class")
+               if metadata.get(k) and
+               getattr(settings, k) in (None, Settings().__getattribute__(k))}
+    settings = resolve(replace(settings, **updates))
+    task = build_task(settings)
+    return task, task.new_model(), document
+
+
+def eval_command(settings: Settings, args: Any) -> int:
+    task, base, _ = _base_for_adapter(settings, Path(args.adapter))
+    model = adapter_files.load(base, args.adapter)
+    metrics = task.evaluator()(model, task.batches(task.test, shuffle=False, seed=0))
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def export_command(settings: Settings, args: Any) -> int:
+    check_out(settings)
+    _, base, _ = _base_for_adapter(settings, Path(args.adapter))
+    model = adapter_files.load(base, args.adapter)
+    out = prepare_out(settings)
+    export_peft(model, out)
+    print(f"wrote a PEFT LoRA folder to {out}")
+    return 0
+
+
+def merge_command(settings: Settings, args: Any) -> int:
+    check_out(settings)
+    task, base, _ = _base_for_adapter(settings, Path(args.adapter))
+    model = merge(adapter_files.load(base, args.adapter))
+    out = prepare_out(settings)
+    model.save_pretrained(out, safe_serialization=True)
+    if task.tokenizer is not None:
+        task.tokenizer.save_pretrained(out)
+    print(f"wrote the merged model to {out}")
+    return 0
