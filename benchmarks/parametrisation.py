@@ -11,7 +11,8 @@ the training pool (never the test split):
 * ``loop-K``: ``plain`` with the adapter tensors at ``K x`` the rate (the CLI's old recipe);
 * ``reparam-global``: ``s * K^2`` and ``A / K`` with the global ``K``; under Adam (no weight
   decay) this is the same trajectory as ``loop-K`` up to epsilon and clipping;
-* ``reparam-layer``: the same with each layer's own ``K_l = min(10, 1 / keep_l)``;
+* ``reparam-layer``: the same with each layer's own ``K_l = min(10, 1 / keep_l)`` (what the
+  library now does by default: ``PartialLoraConfig(keep_compensation=True)``);
 * ``reparam-sqrt``: ``K_l = min(10, 1 / sqrt(keep_l))`` (a milder rule);
 * ``scale-layer``: ``s * K_l`` only (initialisation unchanged);
 * ``lora``: PEFT LoRA at the same rate (reference).
@@ -63,7 +64,18 @@ def load():
     return load_model("minilm", task="classification", num_labels=5)
 
 
+def global_multiplier(model) -> float:
+    """LoRA's parameter count at the same ranks over the Partial-LoRA adapters' (at most 10)."""
+    from partial_lora.surgery import adapter_layers
+
+    layers = adapter_layers(model).values()
+    kept = sum(layer.r * (len(layer.lora_rows) + len(layer.lora_columns)) for layer in layers)
+    full = sum(layer.r * (layer.out_features + layer.in_features) for layer in layers)
+    return min(10.0, full / kept)
+
+
 def reparametrise(model, rule: str, global_k: float) -> None:
+    """Rescale a plain (uncompensated) Partial-LoRA model's layers by ``rule``."""
     from partial_lora.surgery import adapter_layers
 
     with torch.no_grad():
@@ -71,8 +83,6 @@ def reparametrise(model, rule: str, global_k: float) -> None:
             keep = layer.keep_ratio
             if rule == "reparam-global":
                 k, square = global_k, True
-            elif rule == "reparam-layer":
-                k, square = min(10.0, 1.0 / keep), True
             elif rule == "reparam-sqrt":
                 k, square = min(10.0, 1.0 / math.sqrt(keep)), True
             elif rule == "scale-layer":
@@ -94,7 +104,7 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     args = parser.parse_args()
     from partial_lora import apply, PartialLoraConfig
-    from partial_lora.methods import build_method, sparse_learning_rate_scale
+    from partial_lora.methods import build_method
     from partial_lora import data as data_lib
     from partial_lora.ticket import find_ticket
     from partial_lora.training import TrainingConfig, train
@@ -123,11 +133,12 @@ def main() -> None:
                                         modules_to_save=["classifier"], seed=seed)
                 scale = 1.0
             else:
-                config = PartialLoraConfig.from_ticket(ticket, r=8, alpha=16, modules_to_save=["classifier"], seed=seed)
+                config = PartialLoraConfig.from_ticket(ticket, r=8, alpha=16, modules_to_save=["classifier"], seed=seed,
+                                                       keep_compensation=variant == "reparam-layer")
                 model = apply(model, config)
-                global_k = sparse_learning_rate_scale(model)
+                global_k = global_multiplier(model)
                 scale = global_k if variant == "loop-K" else 1.0
-                if variant not in ("plain", "loop-K"):
+                if variant not in ("plain", "loop-K", "reparam-layer"):
                     reparametrise(model, variant, global_k)
             batches = data_lib.text_batches(train_data, tokenizer, 16, max_length=128, shuffle=True, seed=seed)
             validation = data_lib.text_batches(val_data, tokenizer, 32, max_length=128, shuffle=False, seed=0)

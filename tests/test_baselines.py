@@ -15,7 +15,6 @@ from partial_lora.methods import (
     method_learning_rate,
     random_masking_rank,
     save_method,
-    sparse_learning_rate_scale,
     uniform_keep_ratio,
 )
 from partial_lora.methods.partial_adalora import adalora_layers
@@ -215,11 +214,13 @@ def test_learning_rate_defaults_scale_with_the_method():
     assert all(method_learning_rate(name, base) > 0 for name in METHODS)
 
 
-def test_partial_lora_learning_rate_scales_with_the_kept_fraction():
+def test_partial_lora_layers_carry_a_keep_compensation_of_loras_parameters_over_theirs():
     model, _ = build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS, keep_ratio=0.25)
     # 32 x 32 layers at keep 0.25 keep 8 rows and 8 columns: a quarter of LoRA's parameters
-    assert sparse_learning_rate_scale(model) == pytest.approx(4.0)
+    layers = partial_lora.adapter_layers(model).values()
+    assert layers and all(layer.multiplier == pytest.approx(4.0) for layer in layers)
+    assert all(layer.scaling == pytest.approx(16.0 * 16 / R) for layer in layers)  # K^2 alpha / r, alpha = 16
     tiny, _ = build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS, keep_ratio=0.01)
-    assert sparse_learning_rate_scale(tiny) == pytest.approx(10.0)  # capped
-    lora, _ = build_method("lora", tiny_bert(), r=R, target_modules=TARGETS)
-    assert sparse_learning_rate_scale(lora) == 1.0  # no Partial-LoRA layers
+    assert all(layer.multiplier == pytest.approx(10.0) for layer in partial_lora.adapter_layers(tiny).values())
+    dense, _ = build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS, keep_ratio=1.0)
+    assert all(layer.multiplier == 1.0 for layer in partial_lora.adapter_layers(dense).values())

@@ -19,11 +19,12 @@ def float64_default():
     torch.set_default_dtype(previous)
 
 
-def make_layer(base: nn.Module, keep: float, r: int = 4, alpha: float = 8.0, seed: int = 0):
+def make_layer(base: nn.Module, keep: float, r: int = 4, alpha: float = 8.0, seed: int = 0, multiplier: float = 1.0):
     out_features = base.weight.shape[0]
     in_features = base.weight.shape[1]
     rows, columns = select_rows_and_columns("layer", (out_features, in_features), keep, "random", seed)
-    layer = PartialLoraLayer(base, rows, columns, r=r, alpha=alpha, generator=layer_generator(seed, "layer", "init"))
+    layer = PartialLoraLayer(base, rows, columns, r=r, alpha=alpha, generator=layer_generator(seed, "layer", "init"),
+                             multiplier=multiplier)
     with torch.no_grad():
         layer.lora_B.copy_(torch.randn(layer.lora_B.shape))
     return layer
@@ -42,11 +43,12 @@ def dense_reference(layer: PartialLoraLayer):
     return A_full.requires_grad_(), B_full.requires_grad_(), u_row, u_col
 
 
-@pytest.mark.parametrize("keep", [1.0, 0.5, 0.13])
-def test_compact_linear_equals_dense_masked_lora_outputs_and_gradients(keep):
+@pytest.mark.parametrize("keep, multiplier", [(1.0, 1.0), (0.5, 1.0), (0.13, 1.0), (0.5, 2.0), (0.13, 7.5)])
+def test_compact_linear_equals_dense_masked_lora_outputs_and_gradients(keep, multiplier):
     torch.manual_seed(0)
     base = nn.Linear(24, 40)
-    layer = make_layer(base, keep)
+    layer = make_layer(base, keep, multiplier=multiplier)
+    assert layer.scaling == pytest.approx(8.0 / 4 * multiplier**2)
     A_full, B_full, u_row, u_col = dense_reference(layer)
     x = torch.randn(3, 5, 24)
     probe = torch.randn(3, 5, 40)
@@ -146,3 +148,34 @@ def test_layer_refuses_bad_indices(bad):
 def test_layer_refuses_unsupported_modules():
     with pytest.raises(TypeError, match="pointwise"):
         PartialLoraLayer(nn.Conv2d(4, 4, 3), torch.arange(2), torch.arange(2), r=1, alpha=1)
+
+
+def test_keep_compensation_under_adam_is_the_plain_layer_at_k_times_the_learning_rate():
+    """``scaling K^2 alpha / r`` with ``A`` started ``K`` times smaller, trained by Adam at ``lr``,
+    computes what the plain layer computes when Adam trains it at ``K lr`` (no weight decay)."""
+    torch.manual_seed(3)
+    rows, columns = select_rows_and_columns("layer", (40, 24), 0.25, "random", 0)
+    k = 3.0
+    plain = PartialLoraLayer(nn.Linear(24, 40), rows, columns, r=4, alpha=8.0,
+                             generator=layer_generator(0, "layer", "init"))
+    compensated = PartialLoraLayer(nn.Linear(24, 40), rows, columns, r=4, alpha=8.0,
+                                   generator=layer_generator(0, "layer", "init"), multiplier=k)
+    with torch.no_grad():
+        compensated.weight.copy_(plain.weight)
+        compensated.bias.copy_(plain.bias)
+    torch.testing.assert_close(compensated.lora_A * k, plain.lora_A, rtol=0, atol=1e-15)
+    for layer in (plain, compensated):
+        layer.weight.requires_grad_(False)
+        layer.bias.requires_grad_(False)
+    lr = 1e-2
+    optimizers = [torch.optim.Adam(plain.adapter_parameters(), lr=lr * k, eps=1e-16),
+                  torch.optim.Adam(compensated.adapter_parameters(), lr=lr, eps=1e-16)]
+    x, target = torch.randn(64, 24), torch.randn(64, 40)
+    for _ in range(25):
+        for layer, optimizer in zip((plain, compensated), optimizers):
+            optimizer.zero_grad()
+            ((layer(x) - target) ** 2).mean().backward()
+            optimizer.step()
+    torch.testing.assert_close(compensated(x), plain(x), rtol=0, atol=1e-9)
+    torch.testing.assert_close(compensated.delta_weight(), plain.delta_weight(), rtol=0, atol=1e-9)
+    assert plain.delta_weight().abs().max() > 1e-2  # it did train

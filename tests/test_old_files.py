@@ -32,11 +32,15 @@ def test_an_old_adapter_loads_to_the_same_logits():
 
 
 def test_an_old_checkpoint_resumes_to_the_same_final_adapter(tmp_path, one_thread):
-    """Bit-identical to the uninterrupted run of then (both written with one thread)."""
+    """Bit-identical to the uninterrupted run of then (both written with one thread).
+
+    The run used 0.1's parametrisation (no keep compensation): the model is built the same way.
+    """
     run = tmp_path / "run"
     shutil.copytree(DATA / "run", run)
     model = partial_lora.apply(tiny_bert(num_labels=2), PartialLoraConfig(
-        r=4, keep_ratio=0.5, target_modules=["query", "value"], modules_to_save=["classifier"]))
+        r=4, keep_ratio=0.5, target_modules=["query", "value"], modules_to_save=["classifier"],
+        keep_compensation=False))
     config = TrainingConfig.from_dict({**EXPECTED["training_config"], "output_dir": str(run),
                                        "betas": tuple(EXPECTED["training_config"]["betas"])})
     result = train(model, TensorBatches(classification_data(40, seed=0), batch_size=8), config, resume=True)

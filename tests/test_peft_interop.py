@@ -39,6 +39,8 @@ def test_exported_folder_loads_in_peft_with_the_same_outputs(case, tmp_path):
     assert exported["peft_type"] == "LORA"
     if case == "bert":
         assert set(exported["rank_pattern"].values()) == {2}
+    # keep 0.4: every layer is keep-compensated, so PEFT gets each one's alpha (K^2 * alpha)
+    assert exported["alpha_pattern"] and all(value > 8 for value in exported["alpha_pattern"].values())
 
 
 def test_import_peft_recovers_the_compact_indices_exactly(tmp_path):

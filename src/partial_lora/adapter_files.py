@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .checks import is_non_negative_int, is_positive_int
+from .checks import is_non_negative_int, is_number, is_positive_int
 from .config import PartialLoraConfig
 from .files import (
     DamagedFileError,
@@ -41,7 +41,7 @@ from .files import (
     read_tensors,
     sign,
 )
-from .layer import base_shape, is_supported
+from .layer import MAX_KEEP_MULTIPLIER, base_shape, is_supported
 from .naming import model_name_or_path
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
@@ -51,7 +51,9 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 PREVIOUS_WEIGHTS_NAME = ".adapter_model.previous.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT = "partial-lora"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 (partial-lora 0.1) had no keep compensation: its layers load with multiplier 1.
+READABLE_VERSIONS = (1, 2)
 
 
 class AdapterFileError(DamagedFileError):
@@ -93,6 +95,7 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
             "rows": len(layer.lora_rows),
             "columns": len(layer.lora_columns),
             "dtype": str(layer.lora_A.dtype).removeprefix("torch."),
+            "keep_multiplier": layer.multiplier,
         }
     saved_info = {}
     for name, module in modules_to_save(model).items():
@@ -172,7 +175,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     document = read_json_object(config_path, error=AdapterFileError, fix=fix)
     if document.get("peft_type") is not None and document.get("format") != FORMAT:
         raise AdapterFileError(f"{directory} is a PEFT adapter folder; read it with partial_lora.import_peft(model, folder)")
-    check_signed(document, config_path, format=FORMAT, version=FORMAT_VERSION, error=AdapterFileError,
+    check_signed(document, config_path, format=FORMAT, version=READABLE_VERSIONS, error=AdapterFileError,
                  what="a Partial-LoRA adapter config", fix=fix)
     for key, kind in (("config", dict), ("layers", dict), ("modules_to_save", dict), ("weights_sha256", str),
                       ("base_weight_checksums", dict)):
@@ -184,11 +187,15 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         if not (isinstance(entries, dict) and all(isinstance(shape, list) and all(is_non_negative_int(v) for v in shape)
                                                   for shape in entries.values())):
             raise AdapterFileError(f"{config_path}: the entry for saved module {name!r} must map tensor names to shapes")
+    if document["format_version"] == 1:  # written before keep compensation existed
+        document["config"] = {**document["config"], "keep_compensation": False}
     try:
         document["config"] = PartialLoraConfig.from_dict(document["config"])
     except (TypeError, ValueError) as err:
         raise AdapterFileError(f"{config_path}: invalid config: {err}") from None
     for name, info in document["layers"].items():
+        if document["format_version"] == 1 and isinstance(info, dict):
+            info["keep_multiplier"] = 1.0
         _check_layer_info(config_path, name, info)
     return document
 
@@ -201,6 +208,7 @@ def _check_layer_info(config_path: Path, name: str, info: Any) -> None:
         and all(is_positive_int(v) for v in info["shape"])
         and all(is_positive_int(info.get(k)) for k in ("rank", "rows", "columns"))
         and isinstance(info.get("alpha"), (int, float)) and info["alpha"] > 0
+        and is_number(info.get("keep_multiplier")) and 1.0 <= info["keep_multiplier"] <= MAX_KEEP_MULTIPLIER
     )
     if not ok:
         raise AdapterFileError(f"{config_path}: the entry for layer {name!r} is malformed: {info!r}")
@@ -241,7 +249,8 @@ def load(
     if unknown:
         raise AdapterFileError(f"{directory / WEIGHTS_NAME} holds unexpected tensors {unknown[:3]}; the file is not this adapter's")
     # Everything checked: now change the model.
-    layers = inject(base_model, config, indices)
+    multipliers = {name: float(info["keep_multiplier"]) for name, info in document["layers"].items()}
+    layers = inject(base_model, config, indices, multipliers=multipliers)
     with torch.no_grad():
         for name, layer in layers.items():
             layer.lora_A.copy_(values[f"adapters.{name}.lora_A"])

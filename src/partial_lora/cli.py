@@ -82,8 +82,6 @@ OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
     "seeds": (_int_list, "comma-separated seeds, e.g. 0,1,2"),
     "epochs": (int, "training epochs"),
     "learning_rate": (float, "peak learning rate"),
-    "sparse_lr_scale": (float, "learning rate of the Partial-LoRA adapter tensors relative to LoRA's (default: "
-                               "LoRA's parameters / theirs, capped at 10; 1 = LoRA's rate); heads keep LoRA's"),
     "batch_size": (int, "batch size"),
     "weight_decay": (float, "AdamW weight decay"),
     "warmup_ratio": (float, "fraction of steps for linear warm-up"),
@@ -97,7 +95,7 @@ COMMON = ["dataset", "model", "task", "text_column", "label_column", "out", "ove
           "train_per_class", "test_per_class", "test_fraction", "seed"]
 TICKET = ["ticket", "ticket_method", "shots", "threshold", "threshold_mode", "metric"]
 ADAPTER = ["rank", "alpha", "target_modules", "modules_to_save", "budget"]
-SCHEDULE = ["epochs", "learning_rate", "sparse_lr_scale", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm",
+SCHEDULE = ["epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm",
             "checkpoint_every", "resume"]
 COMMANDS: dict[str, tuple[str, list[str]]] = {
     "run": ("derive a ticket, train Partial-LoRA and LoRA side by side, write results and a report",

@@ -38,7 +38,8 @@ class PartialLoraConfig:
 
     Attributes:
         r: LoRA rank (> 0).
-        alpha: LoRA scaling numerator; the update is ``(alpha / r) * B @ A``.
+        alpha: LoRA scaling numerator; the update is ``K^2 (alpha / r) * B @ A`` with ``K`` the
+            layer's keep compensation (1 without it, and for every fully kept layer).
         dropout: dropout probability on the adapter's input, in [0, 1).
         target_modules: name suffixes (``["query", "value"]``), one regular expression matched
             against the full module name, or ``"all-linear"`` (every ``nn.Linear`` except the
@@ -54,6 +55,10 @@ class PartialLoraConfig:
             proportion to the scores, needs scores).
         seed: one seed for every layer's choice; each layer mixes in its own name.
         ranks: optional per-layer ranks (same keys as ``keep_ratios``).
+        keep_compensation: give each layer the keep compensation ``K = min(10, 1 / keep)``
+            (:mod:`partial_lora.layer`), so that a plain optimizer at the learning rate one would
+            use for LoRA trains Partial-LoRA at LoRA's pace; False: the plain ``alpha / r`` (what
+            adapters written by partial-lora 0.1 used).
     """
 
     r: int = 8
@@ -67,6 +72,7 @@ class PartialLoraConfig:
     selection: str = "random"
     seed: int = 0
     ranks: dict[str, int] = field(default_factory=dict)
+    keep_compensation: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -98,6 +104,8 @@ class PartialLoraConfig:
             if isinstance(rank, bool) or not isinstance(rank, int) or rank <= 0:
                 _fail(f"ranks[{key!r}]", rank, "a rank must be a positive integer")
         self.ranks = dict(self.ranks)
+        if not isinstance(self.keep_compensation, bool):
+            _fail("keep_compensation", self.keep_compensation, "expected True or False")
 
     @staticmethod
     def _check_patterns(name: str, value: Any, *, required: bool) -> list[str] | str:

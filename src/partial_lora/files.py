@@ -139,22 +139,25 @@ def read_json_object(path: str | os.PathLike, *, error: type[DamagedFileError], 
     return document
 
 
-def check_signed(document: Mapping[str, Any], path: str | os.PathLike, *, format: str, version: int,
-                 error: type[DamagedFileError], what: str, fix: str) -> None:
+def check_signed(document: Mapping[str, Any], path: str | os.PathLike, *, format: str,
+                 version: int | tuple[int, ...], error: type[DamagedFileError], what: str, fix: str) -> None:
     """Check a parsed document's ``format``, ``format_version`` and own checksum.
 
     Args:
         document: the parsed JSON object.
         path: where it was read from (for messages).
-        format, version: the ``format`` and ``format_version`` it must carry.
+        format, version: the ``format`` it must carry, and the ``format_version`` (or versions) read.
         error: the :class:`DamagedFileError` subclass to raise.
         what: what the file is, for messages (``"a Partial-LoRA adapter config"``).
         fix: what the user can do about a damaged file (appended to messages).
     """
+    versions = version if isinstance(version, tuple) else (version,)
     if document.get("format") != format:
         raise error(f"{path} is not {what} (format={document.get('format')!r})")
-    if document.get("format_version") != version:
-        raise error(f"{path} has format_version {document.get('format_version')!r}; this partial-lora reads {version}")
+    found = document.get("format_version")
+    if isinstance(found, bool) or found not in versions:
+        readable = " or ".join(map(str, versions))
+        raise error(f"{path} has format_version {found!r}; this partial-lora reads {readable}")
     if document.get(DIGEST_FIELD) != document_digest(document):
         raise error(f"{path} does not match its checksum: it was changed or damaged; {fix}")
 

@@ -11,6 +11,17 @@ stored compactly: only the kept rows ``R`` of ``B`` and the kept columns ``C`` o
 so parameters, gradients, optimizer state and files shrink by the keep ratio. With every
 row and column kept the layer is exactly LoRA.
 
+**Keep compensation.** An optimizer such as AdamW moves every trained entry by about the
+learning rate per step, whatever the layer. A kept row of a sparse layer reads only ``|C|`` of
+the ``n`` inputs, and only ``|R|`` of the ``m`` rows move at all, so at LoRA's learning rate a
+Partial-LoRA layer's output moves more slowly than LoRA's. With a multiplier
+``K = min(10, 1 / keep)`` (``keep = (|R| + |C|) / (m + n)``, the layer's share of LoRA's
+parameters) the layer uses the scaling ``K^2 * alpha / r`` and starts ``A`` ``K`` times
+smaller. Under Adam that is the same trajectory as training the plain layer at ``K`` times
+the learning rate, so any training loop at the rate one would use for LoRA trains it at the
+right pace. ``K = 1`` (every row and column kept) is exactly LoRA. The update is still
+``scaling * B_R @ A_C``: merge and PEFT export see an ordinary LoRA with a per-layer alpha.
+
 The layer owns the base ``weight`` and ``bias`` (the same ``Parameter`` objects the replaced
 module had), so a model's state-dict keys for its base weights do not change.
 """
@@ -24,6 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED = "nn.Linear and pointwise (1x1, groups=1) nn.Conv2d"
+MAX_KEEP_MULTIPLIER = 10.0
+
+
+def keep_multiplier(kept_rows: int, kept_columns: int, shape: tuple[int, int]) -> float:
+    """The keep compensation ``K = min(10, (m + n) / (|R| + |C|))`` of a layer of ``shape`` ``(m, n)``."""
+    out_features, in_features = shape
+    return min(MAX_KEEP_MULTIPLIER, (out_features + in_features) / (kept_rows + kept_columns))
 
 
 def is_supported(module: nn.Module) -> bool:
@@ -54,17 +72,21 @@ class PartialLoraLayer(nn.Module):
         rows: sorted ``int64`` indices of the kept output features ``R`` (length ``|R|``).
         columns: sorted ``int64`` indices of the kept input features ``C`` (length ``|C|``).
         r: rank.
-        alpha: scaling numerator (the update is scaled by ``alpha / r``).
+        alpha: scaling numerator (the update is scaled by ``multiplier^2 * alpha / r``).
         dropout: dropout probability on the adapter's input.
         generator: optional generator for the initialisation of ``lora_A``.
+        multiplier: the keep compensation ``K`` (see the module docstring; :func:`keep_multiplier`
+            gives the usual value); 1 is the plain LoRA parametrisation.
 
-    Trainable tensors: ``lora_A`` ``[r, |C|]`` (Kaiming-uniform like LoRA) and ``lora_B``
-    ``[|R|, r]`` (zeros, so the adapted model starts equal to the base).
+    Trainable tensors: ``lora_A`` ``[r, |C|]`` (Kaiming-uniform like LoRA, divided by ``K``) and
+    ``lora_B`` ``[|R|, r]`` (zeros, so the adapted model starts equal to the base).
 
     A variant with other adapter tensors (Partial-AdaLoRA) overrides
     :meth:`_create_adapter_tensors` and :meth:`reset_lora_parameters` and provides ``lora_A``
     and ``lora_B`` as the equivalent factors; everything else (forward, merge, export) is shared.
     """
+
+    keep_compensated = True  # whether apply() gives this class its keep compensation
 
     def __init__(
         self,
@@ -75,6 +97,7 @@ class PartialLoraLayer(nn.Module):
         alpha: float,
         dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        multiplier: float = 1.0,
     ) -> None:
         super().__init__()
         if not is_supported(base):
@@ -89,7 +112,10 @@ class PartialLoraLayer(nn.Module):
         columns = _check_indices("columns", columns, self.in_features)
         self.r = int(r)
         self.alpha = float(alpha)
-        self.scaling = self.alpha / self.r
+        if not (isinstance(multiplier, (int, float)) and 1.0 <= multiplier <= MAX_KEEP_MULTIPLIER):
+            raise ValueError(f"multiplier={multiplier!r} is invalid: the keep compensation lies in [1, {MAX_KEEP_MULTIPLIER:g}]")
+        self.multiplier = float(multiplier)
+        self.scaling = self.alpha / self.r * self.multiplier**2
         self.register_buffer("lora_rows", rows.to(self.weight.device))
         self.register_buffer("lora_columns", columns.to(self.weight.device))
         self.all_rows = len(rows) == self.out_features
@@ -114,8 +140,9 @@ class PartialLoraLayer(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(len(self.lora_rows), self.r, **factory_kwargs))
 
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
-        """``A ~ U(-1/sqrt(|C|), 1/sqrt(|C|))`` (PyTorch's Kaiming-uniform with a=sqrt(5)), ``B = 0``."""
-        bound = 1.0 / math.sqrt(self.lora_A.shape[1])
+        """``A ~ U(-b, b)`` with ``b = 1 / (K sqrt(|C|))`` (PyTorch's Kaiming-uniform with a=sqrt(5),
+        divided by the keep compensation ``K``), ``B = 0``."""
+        bound = 1.0 / (math.sqrt(self.lora_A.shape[1]) * self.multiplier)
         with torch.no_grad():
             values = torch.rand(self.lora_A.shape, generator=generator, dtype=torch.float64)
             self.lora_A.copy_((values * 2 - 1) * bound)
@@ -175,7 +202,7 @@ class PartialLoraLayer(nn.Module):
 
     # -- the update as a matrix, merge ---------------------------------------------------
     def compact_delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """``(alpha / r) * B_R @ A_C`` as a ``[|R|, |C|]`` matrix (the nonzero block of dW)."""
+        """``scaling * B_R @ A_C`` as a ``[|R|, |C|]`` matrix (the nonzero block of dW)."""
         return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)) * self.scaling
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -222,6 +249,7 @@ class PartialLoraLayer(nn.Module):
         kind = "conv1x1" if self.is_conv else "linear"
         return (
             f"{kind}, in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha:g}, "
+            f"multiplier={self.multiplier:.3g}, "
             f"rows={len(self.lora_rows)}/{self.out_features}, columns={len(self.lora_columns)}/{self.in_features}"
             + (", merged" if self.merged else "")
         )

@@ -30,7 +30,9 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: st
     """Write the adapters of ``model`` as a PEFT LoRA folder.
 
     ``peft.PeftModel.from_pretrained(base, directory)`` then gives the same outputs. Layers
-    whose rank differs from the config's ``r`` are listed in ``rank_pattern``.
+    whose rank differs from the config's ``r`` are listed in ``rank_pattern``; layers whose
+    scaling is not ``alpha / r`` (a keep compensation ``K > 1`` scales by ``K^2 alpha / r``) are
+    listed in ``alpha_pattern`` with the alpha PEFT needs for the same scaling.
 
     Args:
         task_type: PEFT's task type to record (e.g. ``"SEQ_CLS"``, ``"CAUSAL_LM"``), or None.
@@ -64,7 +66,7 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: st
         "lora_dropout": config.dropout,
         "target_modules": sorted(layers),
         "rank_pattern": {n: l.r for n, l in layers.items() if l.r != config.r},
-        "alpha_pattern": {},
+        "alpha_pattern": {n: l.scaling * l.r for n, l in layers.items() if l.scaling * l.r != config.alpha},
         "modules_to_save": sorted(saved) or None,
         "bias": "none",
         "fan_in_fan_out": False,
@@ -169,6 +171,7 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
         modules_to_save=sorted({m for m, _ in saved}),
         keep_ratios=ratios,
         ranks={n: r for n, r in ranks.items() if r != default_rank},
+        keep_compensation=False,  # PEFT's scaling is folded into B above
     )
     layers = inject(base_model, config, indices)
     with torch.no_grad():

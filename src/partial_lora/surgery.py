@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .config import PartialLoraConfig
-from .layer import SUPPORTED, PartialLoraLayer, base_shape, is_supported
+from .layer import SUPPORTED, PartialLoraLayer, base_shape, is_supported, keep_multiplier
 from .naming import ALL_LINEAR, HEAD_NAMES, inside, matches, set_submodule
 from .selection import layer_generator, select_rows_and_columns
 
@@ -117,7 +117,11 @@ def apply(
             name, base_shape(module), config.keep_ratio_for(name), config.selection, config.seed,
             *(pair if pair is not None else (None, None)),
         )
-    inject(model, config, indices, targets=targets, layer_class=layer_class)
+    multipliers = None
+    if config.keep_compensation and layer_class.keep_compensated:
+        multipliers = {name: keep_multiplier(len(rows), len(columns), base_shape(targets[name]))
+                       for name, (rows, columns) in indices.items()}
+    inject(model, config, indices, targets=targets, layer_class=layer_class, multipliers=multipliers)
     for module in saved.values():
         module.requires_grad_(True)
     return model
@@ -130,10 +134,12 @@ def inject(
     *,
     targets: Mapping[str, nn.Module] | None = None,
     layer_class: type[PartialLoraLayer] = PartialLoraLayer,
+    multipliers: Mapping[str, float] | None = None,
 ) -> dict[str, PartialLoraLayer]:
     """Swap in ``layer_class`` layers with the given kept rows/columns (no selection); freeze the model.
 
-    Used by :func:`apply` and by loading, which must rebuild exactly the saved indices.
+    Used by :func:`apply` and by loading, which must rebuild exactly the saved indices and
+    keep compensations (``multipliers``, by layer name; 1 where not given).
     """
     modules = dict(model.named_modules()) if targets is None else targets
     model.requires_grad_(False)
@@ -142,6 +148,7 @@ def inject(
         layer = layer_class(
             modules[name], rows, columns, r=config.rank_for(name), alpha=config.alpha,
             dropout=config.dropout, generator=layer_generator(config.seed, name, "init"),
+            multiplier=(multipliers or {}).get(name, 1.0),
         )
         set_submodule(model, name, layer)
         layers[name] = layer

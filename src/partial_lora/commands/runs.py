@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..files import atomic_write_bytes
-from ..methods import TICKET_METHODS, build_method, method_learning_rate, save_method, sparse_learning_rate_scale
+from ..methods import TICKET_METHODS, build_method, method_learning_rate, save_method
 from ..surgery import find_target_modules, trainable_parameters
 from ..ticket import Ticket, find_ticket
 from ..training import TrainingConfig, train
@@ -92,8 +92,6 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
     )
     config = TrainingConfig(
         learning_rate=method_learning_rate(method, settings.learning_rate), epochs=settings.epochs,
-        adapter_lr_scale=(settings.sparse_lr_scale or sparse_learning_rate_scale(model)) if method in TICKET_METHODS
-        else 1.0,
         weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
         max_grad_norm=settings.max_grad_norm, checkpoint_every=settings.checkpoint_every, seed=seed,
         output_dir=str(out / "checkpoints" / label), progress=settings.progress,
@@ -111,7 +109,6 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         "uses_ticket": method in TICKET_METHODS,
         **{metric: outcome.metrics.get(f"eval_{metric}") for metric in task.metrics},
         "learning_rate": config.learning_rate,
-        "adapter_learning_rate": config.learning_rate * config.adapter_lr_scale,
         "trainable_params": trainable_parameters(model),
         "optimizer_state_bytes": outcome.optimizer_state_bytes,
         "adapter_bytes": adapter_bytes,

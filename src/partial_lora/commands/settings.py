@@ -75,7 +75,6 @@ class Settings:
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = None
     learning_rate: float | None = None
-    sparse_lr_scale: float | None = None
     batch_size: int | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
@@ -121,8 +120,6 @@ class Settings:
                 fail(name, "a positive integer")
         if self.learning_rate is not None and not self.learning_rate > 0:
             fail("learning_rate", "a positive number")
-        if self.sparse_lr_scale is not None and not self.sparse_lr_scale > 0:
-            fail("sparse_lr_scale", "a positive factor (1 = LoRA's learning rate)")
         if self.thresholds is not None and not all(0 < t <= 1 for t in self.thresholds):
             fail("thresholds", "every threshold lies in (0, 1]")
         if self.ranks is not None and not all(isinstance(r, int) and r > 0 for r in self.ranks):

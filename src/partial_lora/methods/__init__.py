@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from .learning_rates import LEARNING_RATE_FACTORS, MAX_SPARSE_LR_SCALE, method_learning_rate, sparse_learning_rate_scale
+from .learning_rates import LEARNING_RATE_FACTORS, method_learning_rate
 from .peft_methods import build_adalora, build_lora, build_random_masking, build_vera, random_masking_rank
 from .registry import (
     METHODS,
@@ -129,7 +129,6 @@ __all__ = [
     "BUILDERS",
     "FULL_WEIGHTS_NAME",
     "LEARNING_RATE_FACTORS",
-    "MAX_SPARSE_LR_SCALE",
     "METADATA_NAME",
     "METHODS",
     "OPTIONS",
@@ -142,6 +141,5 @@ __all__ = [
     "method_learning_rate",
     "random_masking_rank",
     "save_method",
-    "sparse_learning_rate_scale",
     "uniform_keep_ratio",
 ]

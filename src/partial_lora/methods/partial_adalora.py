@@ -83,7 +83,12 @@ class PartialAdaLoraLayer(PartialLoraLayer):
     ``lora_E`` ``[r, 1]`` (zeros, so the adapted model starts equal to the base). Buffer
     ``rank_mask`` ``[r]`` (bool) marks the triplets the rank allocator keeps. The constructor
     is :class:`PartialLoraLayer`'s; only the adapter tensors and their initialisation differ.
+
+    No keep compensation: the rank allocator's importance scores are products of entries and
+    their gradients, which a rescaling would change; its learning rate is searched instead.
     """
+
+    keep_compensated = False
 
     # -- parameters ----------------------------------------------------------------------
     def _create_adapter_tensors(self, factory_kwargs: dict) -> None:
