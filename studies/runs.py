@@ -113,6 +113,14 @@ def matched_rank(runs_main: Path) -> int:
     return max(1, round(rank * partial_adapters / lora_adapters))
 
 
+def adapter_budget(runs_main: Path, rank: int) -> int:
+    """The adapter parameters of LoRA at ``rank`` on main's target layers: ``rank * sum(m + n)``."""
+    tickets = main_tickets(runs_main)
+    if not tickets:
+        raise FileNotFoundError(f"the pareto part needs the main part's ticket in {runs_main}: run the main part first")
+    return rank * sum(m + n for m, n in tickets[0].layer_shapes().values())
+
+
 def base_norms(runs_main: Path) -> dict[str, float]:
     """``{layer: ||W||_F}`` of the pretrained target layers, as recorded for main's tickets."""
     norms_file = runs_main / "base_norms.json"
@@ -131,8 +139,9 @@ def update_magnitudes(adapters: Path, norms: dict[str, float]) -> dict[str, dict
     """Per method and layer, ``||Delta W||_F`` (relative to ``||W||_F`` when ``norms`` has it).
 
     Reads LoRA's PEFT folders (``lora_A``/``lora_B``, scaling ``lora_alpha / r``) and the
-    Partial-LoRA-format folders (compact ``lora_A``/``lora_B``, scaling ``alpha / rank``; the
-    norm of the scattered update equals the compact product's).
+    Partial-LoRA-format folders (compact ``lora_A``/``lora_B``, scaling ``K^2 alpha / rank`` with
+    the layer's keep compensation ``K``; the norm of the scattered update equals the compact
+    product's).
     """
     found: dict[str, dict[str, list[float]]] = {}
     for folder in sorted(p for p in adapters.iterdir() if p.is_dir()):
@@ -145,7 +154,8 @@ def update_magnitudes(adapters: Path, norms: dict[str, float]) -> dict[str, dict
             keys = list(handle.keys())
             if config.get("format") == "partial-lora":
                 layers = {n: (handle.get_tensor(f"adapters.{n}.lora_A"), handle.get_tensor(f"adapters.{n}.lora_B"),
-                              info["alpha"] / info["rank"]) for n, info in config["layers"].items()}
+                              info["alpha"] / info["rank"] * info.get("keep_multiplier", 1.0) ** 2)
+                          for n, info in config["layers"].items()}
             elif config.get("peft_type") in ("LORA",) and not config.get("use_dora"):
                 scale = config["lora_alpha"] / config["r"]
                 names = [k.removeprefix("base_model.model.").removesuffix(".lora_A.weight")

@@ -26,31 +26,41 @@ from partial_lora.cli import main as partial_lora_main
 
 from . import plan
 from .document import write_document
-from .runs import load_setting_runs, main_tickets, matched_rank
+from .runs import adapter_budget, load_setting_runs, main_tickets, matched_rank
 
 DEFAULT_RUNS = Path("runs/study")
 DEFAULT_DOC = Path("docs/RESULTS.md")
 
 
 def part_commands(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[int], smoke: bool) -> list[list[str]]:
-    """The ``partial-lora`` argument lists of one part (several for ``tickets``)."""
+    """The ``partial-lora`` argument lists of one part (several for ``pareto``, ``ranks`` and ``tickets``)."""
     out = runs / setting.dataset / part
     common = ["--dataset", setting.dataset, *setting.extra_args, *(plan.SMOKE_DATA_ARGS if smoke else ())]
     seed_list = ",".join(map(str, seeds))
-    compare = ["compare", *common, *(plan.SMOKE_TRAIN_ARGS if smoke else ()), "--seeds", seed_list, "--out", str(out), "--resume"]
+    grid = ",".join(f"{rate:g}" for rate in setting.lr_grid)
+
+    def compare(folder: Path, *options: str) -> list[str]:
+        return ["compare", *common, *(plan.SMOKE_TRAIN_ARGS if smoke else ()), "--seeds", seed_list,
+                "--lr-grid", grid, "--lr-grid-seeds", "1", "--out", str(folder), "--resume", *options]
+
     if part == "main":
-        return [[*compare, "--methods", ",".join(setting.methods)]]
+        return [compare(out, "--methods", ",".join(setting.methods))]
+    if part == "pareto":  # one compare per family of points, each in its own folder
+        commands = [compare(out / "lora-ranks", "--methods", "lora", "--ranks", ",".join(map(str, setting.pareto_ranks))),
+                    compare(out / "partial-thresholds", "--methods", "partial-lora,uniform" if setting.dataset != "bbc-gen"
+                            else "partial-lora", "--thresholds", ",".join(map(str, setting.pareto_thresholds)))]
+        for rank in setting.pareto_masking_ranks:
+            budget = adapter_budget(runs / setting.dataset / "main", rank)
+            commands.append(compare(out / f"random-masking-r{rank}", "--methods", "random-masking", "--budget", str(budget)))
+        return commands
     if part == "matched":
         rank = matched_rank(runs / setting.dataset / "main")
-        return [[*compare, "--methods", "lora", "--rank", str(rank)]]
+        return [compare(out, "--methods", "lora", "--rank", str(rank))]
     if part == "thresholds":
-        return [[*compare, "--methods", "partial-lora", "--thresholds", ",".join(map(str, plan.EXTRA_THRESHOLDS))]]
-    if part == "absolute":
-        return [[*compare, "--methods", "partial-lora", "--threshold-mode", "absolute",
-                 "--thresholds", ",".join(map(str, plan.ABSOLUTE_THRESHOLDS))]]
+        return [compare(out, "--methods", "partial-lora", "--threshold-mode", "absolute",
+                        "--thresholds", ",".join(map(str, plan.ABSOLUTE_THRESHOLDS)))]
     if part == "ranks":  # one compare per method and rank, each in its own folder
-        return [["compare", *common, *(plan.SMOKE_TRAIN_ARGS if smoke else ()), "--seeds", seed_list,
-                 "--out", str(out / f"{method}-r{rank}"), "--resume", "--methods", method, "--rank", str(rank)]
+        return [compare(out / f"{method}-r{rank}", "--methods", method, "--rank", str(rank))
                 for method, rank in plan.RANK_SWEEP.items()]
     if part == "tickets":
         default_shots = 2 if smoke else 16
@@ -98,7 +108,7 @@ def _claim(folder: Path) -> bool:
 def run_part(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[int], smoke: bool, quiet: bool) -> None:
     try:
         commands = part_commands(setting, part, runs, seeds=seeds, smoke=smoke)
-    except FileNotFoundError as missing:  # matched needs main's results (perhaps still being run elsewhere)
+    except FileNotFoundError as missing:  # matched and pareto need main's results (perhaps being run elsewhere)
         print(f"[study] {setting.dataset}/{part} skipped: {missing}", flush=True)
         return
     folder = runs / setting.dataset / part

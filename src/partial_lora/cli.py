@@ -62,8 +62,11 @@ OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
     "overwrite": (None, "replace results already in --out"),
     "resume": (None, "continue an interrupted run from its last checkpoint"),
     "train_per_class": (int, "training examples per class (a seeded sample; default: dataset's)"),
+    "validation_per_class": (int, "validation examples per class, carved from the training pool (default: dataset's)"),
     "test_per_class": (int, "test examples per class (default: dataset's)"),
-    "test_fraction": (float, "fraction held out for testing (stratified, seeded)"),
+    "validation_fraction": (float, "fraction of the training pool held out for validation when no "
+                                   "--validation-per-class is given (stratified, seeded; default 0.1)"),
+    "test_fraction": (float, "fraction held out for testing when no --test-per-class is given (stratified, seeded)"),
     "max_length": (int, "maximum tokens per text (longer texts are truncated)"),
     "ticket": (str, "use this ticket.json instead of deriving one"),
     "ticket_method": (str, "svd (default), snip, imp, uniform or svd-layerwise"),
@@ -81,7 +84,11 @@ OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
     "seed": (int, "seed"),
     "seeds": (_int_list, "comma-separated seeds, e.g. 0,1,2"),
     "epochs": (int, "training epochs"),
-    "learning_rate": (float, "peak learning rate"),
+    "learning_rate": (float, "peak learning rate (in LoRA's units: full fine-tuning trains at x0.05, VeRA and "
+                             "random masking at x10)"),
+    "lr_grid": (_float_list, "comma-separated learning rates to choose from per method, on validation "
+                             "(e.g. 1e-3,2e-3,5e-3,1e-2); replaces --learning-rate"),
+    "lr_grid_seeds": (int, "how many of the first seeds train at every rate of --lr-grid (default 1)"),
     "batch_size": (int, "batch size"),
     "weight_decay": (float, "AdamW weight decay"),
     "warmup_ratio": (float, "fraction of steps for linear warm-up"),
@@ -92,23 +99,25 @@ OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
 }
 
 COMMON = ["dataset", "model", "task", "text_column", "label_column", "out", "overwrite", "max_length",
-          "train_per_class", "test_per_class", "test_fraction", "seed"]
+          "train_per_class", "validation_per_class", "test_per_class", "validation_fraction", "test_fraction", "seed"]
 TICKET = ["ticket", "ticket_method", "shots", "threshold", "threshold_mode", "metric"]
 ADAPTER = ["rank", "alpha", "target_modules", "modules_to_save", "budget"]
 SCHEDULE = ["epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm",
             "checkpoint_every", "resume"]
 COMMANDS: dict[str, tuple[str, list[str]]] = {
     "run": ("derive a ticket, train Partial-LoRA and LoRA side by side, write results and a report",
-            COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds"]),
+            COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds", "lr_grid", "lr_grid_seeds"]),
     "ticket": ("derive per-layer keep ratios from a few labelled examples",
                ["dataset", "model", "task", "text_column", "label_column", "out", "overwrite", "max_length",
-                "train_per_class", "test_per_class", "seed", "target_modules"] + TICKET[1:]),
+                "train_per_class", "validation_per_class", "test_per_class", "validation_fraction", "test_fraction",
+                "seed", "target_modules"] + TICKET[1:]),
     "train": ("train one method and save its adapter", COMMON + TICKET + ADAPTER + SCHEDULE + ["method"]),
     "eval": ("evaluate a saved adapter on the test split", COMMON),
     "export": ("export a Partial-LoRA adapter folder as a PEFT LoRA folder", ["model", "dataset", "out", "overwrite"]),
     "merge": ("merge an adapter into its base model and save the merged model", ["model", "dataset", "out", "overwrite"]),
     "compare": ("train several methods / seeds / thresholds / ranks side by side",
-                COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds", "thresholds", "ranks"]),
+                COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds", "thresholds", "ranks", "lr_grid",
+                                                        "lr_grid_seeds"]),
 }
 
 

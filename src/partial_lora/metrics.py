@@ -85,9 +85,9 @@ def normalise_answer(text: str) -> str:
     return words[0].strip(".,;:!?\"'()").lower() if words else ""
 
 
-def exact_match(generated: Sequence[str], answers: Sequence[str]) -> float:
-    """The fraction in ``[0, 1]`` of ``generated`` texts whose first word matches the answer's,
-    both read by :func:`normalise_answer` (``generated`` and ``answers`` both length ``N``).
+def answer_matches(generated: Sequence[str], answers: Sequence[str]) -> list[bool]:
+    """Per example: whether the generated text's first word matches the answer's, both read by
+    :func:`normalise_answer` (``generated`` and ``answers`` both length ``N``).
 
     Raises:
         ValueError: the lengths differ or ``N`` is 0.
@@ -95,8 +95,13 @@ def exact_match(generated: Sequence[str], answers: Sequence[str]) -> float:
     if len(generated) != len(answers) or not answers:
         raise ValueError(f"exact_match needs one generated text per answer, and at least one; got "
                          f"{len(generated)} texts for {len(answers)} answers")
-    hits = sum(normalise_answer(text) == normalise_answer(answer) for text, answer in zip(generated, answers))
-    return hits / len(answers)
+    return [normalise_answer(text) == normalise_answer(answer) for text, answer in zip(generated, answers)]
+
+
+def exact_match(generated: Sequence[str], answers: Sequence[str]) -> float:
+    """The fraction in ``[0, 1]`` of :func:`answer_matches`."""
+    matches = answer_matches(generated, answers)
+    return sum(matches) / len(matches)
 
 
 def _labelled(predictions: Any, labels: Any, *, allow_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,8 @@ from .task import Task, build_task
 def _base_for_adapter(settings: Settings, adapter: Path) -> tuple[Task, torch.nn.Module, dict[str, Any]]:
     document = adapter_files.read_config(adapter)
     metadata = document.get("metadata") or {}
-    updates = {k: metadata[k] for k in ("model", "dataset", "max_length", "train_per_class", "test_per_class")
+    split_keys = ("train_per_class", "validation_per_class", "test_per_class", "validation_fraction", "test_fraction")
+    updates = {k: metadata[k] for k in ("model", "dataset", "max_length", *split_keys)
                if metadata.get(k) and
                getattr(settings, k) in (None, Settings().__getattribute__(k))}
     settings = resolve(replace(settings, **updates))
@@ -31,7 +32,7 @@ def _base_for_adapter(settings: Settings, adapter: Path) -> tuple[Task, torch.nn
 def eval_command(settings: Settings, args: Any) -> int:
     task, base, _ = _base_for_adapter(settings, Path(args.adapter))
     model = adapter_files.load(base, args.adapter)
-    metrics = task.evaluator()(model, task.batches(task.test, shuffle=False, seed=0))
+    metrics = task.score(model, "test").metrics
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -10,7 +10,7 @@ from .. import metrics
 
 
 @torch.no_grad()
-def exact_match(
+def generate_answers(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
@@ -19,12 +19,11 @@ def exact_match(
     batch_size: int = 8,
     max_length: int = 256,
     max_new_tokens: int | None = None,
-) -> dict[str, float]:
-    """Greedy-decode each prompt and score the generations against ``answers`` with
-    :func:`partial_lora.metrics.exact_match` (the first word, normalised, must match).
+) -> list[str]:
+    """Greedy-decode each prompt (as many new tokens as the longest answer has, plus one).
 
     Prompts are left-padded and truncated from the left (the end of the prompt, where the
-    question is, is kept). Returns ``{"exact_match": fraction}``.
+    question is, is kept). Returns the generated texts, one per prompt.
     """
     if len(prompts) != len(answers) or not prompts:
         raise ValueError("exact_match needs as many answers as prompts, and at least one")
@@ -49,4 +48,12 @@ def exact_match(
     finally:
         tokenizer.padding_side, tokenizer.truncation_side = padding_side, truncation_side
         model.train(was_training)
-    return {"exact_match": metrics.exact_match(generated, answers)}
+    return generated
+
+
+def exact_match(model: Any, tokenizer: Any, prompts: Sequence[str], answers: Sequence[str],
+                **options: Any) -> dict[str, float]:
+    """``{"exact_match": fraction}`` of :func:`generate_answers` scored by
+    :func:`partial_lora.metrics.exact_match` (the first word, normalised, must match)."""
+    return {"exact_match": metrics.exact_match(generate_answers(model, tokenizer, prompts, answers, **options),
+                                               answers)}

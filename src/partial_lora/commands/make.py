@@ -44,7 +44,8 @@ def train_command(settings: Settings, args: Any) -> int:
     if ticket is not None:
         ticket.save(out / "ticket.json")
     row = train_method(task, settings, method=settings.method, seed=settings.seed, rank=settings.rank,
-                       ticket=ticket, out=out, label=settings.method)
+                       ticket=ticket, out=out, label=settings.method, learning_rate=settings.learning_rate,
+                       score_test=True)
     report.write_results(out, {"results": [{k: v for k, v in row.items() if k != "history"}],
                                "settings": settings.to_dict()})
     print(json.dumps({k: v for k, v in row.items() if k != "history"}, indent=2, default=str))

@@ -1,8 +1,11 @@
 """Results of a run or comparison: ``results.json``, a markdown table and plots.
 
-Each result is one trained model: ``{method, seed, accuracy, macro_f1 (or exact_match),
-trainable_params, optimizer_state_bytes, adapter_bytes, train_seconds, peak_rss_bytes, ...}``
-with metrics as fractions. Tables report the mean and standard deviation over seeds.
+Each result is one trained model: ``{method, seed, accuracy, macro_f1 (or exact_match) on the
+test split, validation_<metric>, learning_rate, trainable_params, optimizer_state_bytes,
+adapter_bytes, train_seconds, peak_rss_bytes, test_correct, ...}`` with metrics as fractions.
+Tables report the mean and standard deviation over seeds and the learning rate each row was
+trained at; comparisons with LoRA give the paired difference and its 95 % bootstrap interval
+(:mod:`partial_lora.statistics`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..files import atomic_write_bytes  # noqa: E402
+from ..statistics import correctness_vector, paired_difference  # noqa: E402
 
 GROUP_KEYS = ("method", "rank", "threshold")
 
@@ -40,8 +44,11 @@ def summarize(results: Iterable[dict[str, Any]], metrics: Sequence[str]) -> list
         groups[group_label(result)].append(result)
     rows = []
     for label, members in groups.items():
-        row: dict[str, Any] = {"label": label, "seeds": [m["seed"] for m in members]}
-        for key in (*metrics, "trainable_params", "optimizer_state_bytes", "adapter_bytes", "train_seconds"):
+        row: dict[str, Any] = {"label": label, "seeds": [m["seed"] for m in members],
+                               "learning_rates": sorted({m["learning_rate"] for m in members if m.get("learning_rate")})}
+        validation = [f"validation_{m}" for m in metrics]
+        for key in (*metrics, *validation, "trainable_params", "optimizer_state_bytes", "adapter_bytes",
+                    "train_seconds"):
             values = [float(m[key]) for m in members if m.get(key) is not None]
             if values:
                 row[key] = statistics.fmean(values)
@@ -53,14 +60,15 @@ def summarize(results: Iterable[dict[str, Any]], metrics: Sequence[str]) -> list
 def markdown_table(rows: list[dict[str, Any]], metrics: Sequence[str], reference: str | None = None) -> str:
     """A markdown table: metric mean +- std (in percent), parameters, bytes, seconds."""
     reference_row = next((r for r in rows if r["label"] == reference), None)
-    header = ["method", *[f"{m} (%)" for m in metrics], "trainable params"]
+    header = ["method", "learning rate", *[f"{m} (%)" for m in metrics], f"validation {metrics[0]} (%)",
+              "trainable params"]
     if reference_row:
         header.append(f"params vs {reference}")
     header += ["optimizer state", "adapter file", "train s", "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["label"]]
-        for metric in metrics:
+        cells = [row["label"], ", ".join(f"{rate:.3g}" for rate in row.get("learning_rates", [])) or "-"]
+        for metric in (*metrics, f"validation_{metrics[0]}"):
             if metric in row:
                 cells.append(f"{100 * row[metric]:.2f} ± {100 * row[metric + '_std']:.2f}")
             else:
@@ -73,6 +81,50 @@ def markdown_table(rows: list[dict[str, Any]], metrics: Sequence[str], reference
             f"{row.get('train_seconds', 0):.0f}", ",".join(map(str, row["seeds"])),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_with_reference(results: list[dict[str, Any]], *, reference_method: str = "lora",
+                           reference_rank: int | None = None) -> list[dict[str, Any]]:
+    """Every group against the reference (LoRA at ``reference_rank``): the paired difference of the
+    primary test metric, seeds pooled, with its 95 % bootstrap interval and verdict.
+
+    Groups without per-example test records (``test_correct``) are left out. Returns
+    ``[{method, label, vs, diff_points, ci_low, ci_high, verdict, seeds, examples}]``.
+    """
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        if result.get("test_correct"):
+            groups[group_label(result)].append(result)
+    references = [label for label, members in groups.items() if members[0]["method"] == reference_method]
+    preferred = [label for label in references if groups[label][0].get("rank") == reference_rank]
+    reference = (preferred or references or [None])[0]
+    if reference is None:
+        return []
+    against = {m["seed"]: correctness_vector(m["test_correct"]) for m in groups[reference]}
+    comparisons = []
+    for label, members in groups.items():
+        if label == reference:
+            continue
+        scores = {m["seed"]: correctness_vector(m["test_correct"]) for m in members}
+        if not set(scores) & set(against):
+            continue
+        comparison = paired_difference(scores, against)
+        comparisons.append({"method": members[0]["method"], "label": label, "vs": reference_method,
+                            "vs_label": reference, **comparison.to_dict()})
+    return comparisons
+
+
+def comparison_table(comparisons: list[dict[str, Any]]) -> str:
+    """Markdown: each method's paired difference from the reference, its interval and verdict."""
+    if not comparisons:
+        return ""
+    reference = comparisons[0]["vs_label"]
+    lines = [f"| method | difference vs {reference} (points) | 95 % interval | verdict | seeds | test examples |",
+             "|---|---|---|---|---|---|"]
+    for c in comparisons:
+        lines.append(f"| {c['label']} | {c['diff_points']:+.2f} | [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}] | "
+                     f"{c['verdict']} | {','.join(map(str, c['seeds']))} | {c['examples']} |")
     return "\n".join(lines)
 
 
@@ -118,11 +170,17 @@ def write_results(out: Path, document: dict[str, Any]) -> Path:
 
 
 def write_report(out: Path, *, title: str, settings: dict[str, Any], table: str, verdict: str,
-                 plots: Sequence[str], notes: Sequence[str] = ()) -> Path:
-    """``report.md``: what was run, the table, the verdict and the plots."""
+                 plots: Sequence[str], notes: Sequence[str] = (), comparisons: str = "") -> Path:
+    """``report.md``: what was run, the table, the comparisons with LoRA, the verdict and the plots."""
     lines = [f"# {title}", "", "## Settings", ""]
     lines += [f"- **{key}**: {value}" for key, value in settings.items()]
-    lines += ["", "## Results", "", table, "", verdict, ""]
+    lines += ["", "## Results", "", "Test metrics: mean ± standard deviation over seeds; validation is what the "
+              "learning rate was chosen on.", "", table, ""]
+    if comparisons:
+        lines += ["Paired differences on the same test examples (seeds pooled; 95 % bootstrap interval over "
+                  "examples). *parity*: the interval's lower end is >= -1.0 point; *worse*: its upper end is "
+                  "below -1.0; *inconclusive*: it spans -1.0.", "", comparisons, ""]
+    lines += [verdict, ""]
     for note in notes:
         lines.append(f"- {note}")
     if notes:

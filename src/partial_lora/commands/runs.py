@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ..files import atomic_write_bytes
+from ..statistics import correctness_text
 from ..methods import TICKET_METHODS, build_method, method_learning_rate, save_method
 from ..surgery import find_target_modules, trainable_parameters
 from ..ticket import Ticket, find_ticket
@@ -38,12 +39,14 @@ def check_input(task: Task, settings: Settings, base: torch.nn.Module, *, ticket
             task.shots(seed)
     find_target_modules(base, settings.target_modules, modules_to_save=settings.modules_to_save or [])
     for seed in settings.seeds:
-        TrainingConfig(
-            learning_rate=settings.learning_rate, epochs=settings.epochs, weight_decay=settings.weight_decay,
-            warmup_ratio=settings.warmup_ratio, max_grad_norm=settings.max_grad_norm,
-            checkpoint_every=settings.checkpoint_every, seed=seed, output_dir=settings.out,
-        )
+        for rate in settings.lr_grid or [settings.learning_rate]:
+            TrainingConfig(
+                learning_rate=rate, epochs=settings.epochs, weight_decay=settings.weight_decay,
+                warmup_ratio=settings.warmup_ratio, max_grad_norm=settings.max_grad_norm,
+                checkpoint_every=settings.checkpoint_every, seed=seed, output_dir=settings.out,
+            )
     task.batches(task.test.subset([0]), shuffle=False, seed=0)
+    task.batches(task.validation.subset([0]), shuffle=False, seed=0)
 
 
 def say(settings: Settings, text: str) -> None:
@@ -72,13 +75,34 @@ def derive_ticket(task: Task, settings: Settings, *, seed: int, threshold: float
     )
 
 
-def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank: int,
-                 ticket: Ticket | None, out: Path, label: str) -> dict[str, Any]:
-    """Train one method with one seed; save its adapter; return its result row."""
+def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank: int, ticket: Ticket | None,
+                 out: Path, label: str, learning_rate: float, score_test: bool,
+                 finished: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one method with one seed at one learning rate; save its adapter; return its result row.
+
+    Training reports the **validation** metrics after every epoch (``validation_<metric>`` in
+    the row is the last epoch's). With ``score_test`` the trained model is then scored once on
+    the test split (``<metric>``, ``test_examples`` and ``test_correct``: one 0/1 character per
+    test example, for paired comparisons); without it the test split is not touched, as for
+    the learning rates a grid search does not keep.
+
+    Args:
+        learning_rate: the rate in LoRA's units; the method trains at
+            :func:`~partial_lora.methods.method_learning_rate` of it.
+        finished: the row of this very run trained earlier by the same command (a grid run
+            whose rate was kept): its model is restored from its final checkpoint and only
+            scored on test.
+
+    The row is also written to ``partial/<label>.json``; ``--resume`` reuses it (and scores it
+    on test from its final checkpoint if it still needs that).
+    """
     partial_file = out / "partial" / f"{label}.json"
-    if settings.resume and partial_file.is_file():
+    if finished is None and settings.resume and partial_file.is_file():
+        finished = json.loads(partial_file.read_text())
+    primary = task.primary_metric
+    if finished is not None and (not score_test or finished.get(primary) is not None):
         say(settings, f"[{label}] already finished; reusing its result")
-        return json.loads(partial_file.read_text())
+        return finished
     torch.manual_seed(seed)
     model = task.new_model()
     alpha = settings.alpha * rank / settings.rank
@@ -90,32 +114,42 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         ticket_scores=ticket.scores if ticket else None, seed=seed, total_steps=total_steps,
         budget=settings.budget,
     )
+    checkpoints = out / "checkpoints" / label
     config = TrainingConfig(
-        learning_rate=method_learning_rate(method, settings.learning_rate), epochs=settings.epochs,
+        learning_rate=method_learning_rate(method, learning_rate), epochs=settings.epochs,
         weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
         max_grad_norm=settings.max_grad_norm, checkpoint_every=settings.checkpoint_every, seed=seed,
-        output_dir=str(out / "checkpoints" / label), progress=settings.progress,
+        output_dir=str(checkpoints), progress=settings.progress,
     )
-    say(settings, f"[{label}] training: {trainable_parameters(model):,} trainable parameters, {total_steps} steps")
-    eval_batches = task.batches(task.test, shuffle=False, seed=0)
+    if finished is None:
+        say(settings, f"[{label}] training at lr {config.learning_rate:g}: {trainable_parameters(model):,} "
+                      f"trainable parameters, {total_steps} steps")
     outcome = train(
-        model, train_batches, config, eval_batches=eval_batches, evaluate=task.evaluator(),
-        resume=settings.resume and (out / "checkpoints" / label).exists(),
+        model, train_batches, config, eval_batches=(), evaluate=task.evaluator("validation"),
+        resume=(finished is not None or settings.resume) and checkpoints.exists(),
         extra_loss=hooks.extra_loss, callbacks=hooks.callbacks,
     )
-    adapter_bytes = save_method(model, method, out / "adapters" / label, metadata=_metadata(task, settings, method))
+    adapter = out / "adapters" / label
+    adapter_bytes = finished.get("adapter_bytes") if finished is not None and adapter.is_dir() else \
+        save_method(model, method, adapter, metadata=_metadata(task, settings, method))
     row = {
         "method": method, "seed": seed, "rank": rank, "threshold": ticket.threshold if ticket else None,
         "uses_ticket": method in TICKET_METHODS,
-        **{metric: outcome.metrics.get(f"eval_{metric}") for metric in task.metrics},
-        "learning_rate": config.learning_rate,
+        "learning_rate": config.learning_rate, "lr_base": learning_rate,
+        **{f"validation_{metric}": outcome.metrics.get(f"eval_{metric}") for metric in task.metrics},
+        "validation_examples": len(task.validation),
         "trainable_params": trainable_parameters(model),
         "optimizer_state_bytes": outcome.optimizer_state_bytes,
         "adapter_bytes": adapter_bytes,
-        "train_seconds": outcome.train_seconds,
+        "train_seconds": outcome.train_seconds if finished is None else finished["train_seconds"],
         "peak_rss_bytes": outcome.peak_rss_bytes,
         "history": outcome.history,
     }
+    if score_test:
+        scores = task.score(model, "test")
+        row.update(scores.metrics)
+        row.update(test_examples=len(scores.correct), test_correct=correctness_text(scores.correct))
+        say(settings, f"[{label}] test {primary} {100 * scores.metrics[primary]:.2f} %")
     atomic_write_bytes(_ensure_parent(partial_file), json.dumps(row, default=str).encode())
     return row
 
@@ -130,4 +164,6 @@ def _metadata(task: Task, settings: Settings, method: str) -> dict[str, Any]:
         "model": settings.model, "dataset": settings.dataset, "task": task.kind, "method": method,
         "label_names": task.label_names, "max_length": settings.max_length,
         "train_per_class": settings.train_per_class, "test_per_class": settings.test_per_class,
+        "validation_per_class": settings.validation_per_class, "validation_fraction": settings.validation_fraction,
+        "test_fraction": settings.test_fraction,
     }

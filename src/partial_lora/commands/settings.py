@@ -11,29 +11,33 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..checks import is_int, is_number
 from ..methods import METHODS
 from ..data import PACKAGED as PACKAGED_DATASETS
 from ..ticket.metrics import BUILTIN as TICKET_METRICS
 from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 
 
-# Per packaged dataset: model, task kind, target layers, saved head, schedule. Sized so the
-# default `run` (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores.
+# Per packaged dataset: model, task kind, target layers, saved head, schedule and split sizes
+# (per class: test as large as the data allow at a sane cost, validation carved from the
+# training pool, a small training set: the few-shot regime). Sized so the default `run`
+# (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "bbc": dict(
         model="minilm", task="classification", target_modules=["query", "key", "value"],
         modules_to_save=["classifier"], metric="accuracy", epochs=3, learning_rate=2e-3,
-        batch_size=16, max_length=128, train_per_class=80, test_per_class=40,
+        batch_size=16, max_length=128, train_per_class=80, validation_per_class=40, test_per_class=200,
     ),
     "mnist": dict(
         model="efficientnet-lite0", task="image-classification",
         target_modules=r".*(_expand_conv|_project_conv)", modules_to_save=["_fc"], metric="accuracy",
-        epochs=3, learning_rate=2e-3, batch_size=32, max_length=None, train_per_class=60, test_per_class=30,
+        epochs=3, learning_rate=2e-3, batch_size=32, max_length=None, train_per_class=60, validation_per_class=30,
+        test_per_class=100,
     ),
     "bbc-gen": dict(
         model="smollm2", task="causal-lm", target_modules=["q_proj", "k_proj", "v_proj"],
         modules_to_save=[], metric="neg_loss", epochs=2, learning_rate=1e-3,
-        batch_size=8, max_length=160, train_per_class=24, test_per_class=12,
+        batch_size=8, max_length=160, train_per_class=24, validation_per_class=12, test_per_class=60,
     ),
 }
 
@@ -52,7 +56,9 @@ class Settings:
     resume: bool = False
     # data
     train_per_class: int | None = None
+    validation_per_class: int | None = None
     test_per_class: int | None = None
+    validation_fraction: float = 0.1
     test_fraction: float = 0.2
     max_length: int | None = None
     # ticket
@@ -75,6 +81,8 @@ class Settings:
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = None
     learning_rate: float | None = None
+    lr_grid: list[float] | None = None
+    lr_grid_seeds: int = 1
     batch_size: int | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
@@ -112,14 +120,24 @@ class Settings:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-        if not (0 < self.test_fraction < 1):
-            fail("test_fraction", "a fraction in (0, 1)")
-        for name in ("epochs", "batch_size", "train_per_class", "test_per_class", "max_length", "budget"):
+        for name in ("test_fraction", "validation_fraction"):
+            if not (0 < getattr(self, name) < 1):
+                fail(name, "a fraction in (0, 1)")
+        for name in ("epochs", "batch_size", "train_per_class", "validation_per_class", "test_per_class",
+                     "max_length", "budget"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 fail(name, "a positive integer")
         if self.learning_rate is not None and not self.learning_rate > 0:
             fail("learning_rate", "a positive number")
+        if self.lr_grid is not None:
+            if not self.lr_grid or not all(is_number(rate) and rate > 0 for rate in self.lr_grid):
+                fail("lr_grid", "one or more positive, finite learning rates, e.g. 1e-3,2e-3,5e-3,1e-2")
+            if len(set(self.lr_grid)) != len(self.lr_grid):
+                fail("lr_grid", "each rate once")
+        if not is_int(self.lr_grid_seeds) or not 1 <= self.lr_grid_seeds <= len(self.seeds):
+            fail("lr_grid_seeds", f"how many of the first seeds ({len(self.seeds)} given) choose the rate: 1 to "
+                                  f"{len(self.seeds)}")
         if self.thresholds is not None and not all(0 < t <= 1 for t in self.thresholds):
             fail("thresholds", "every threshold lies in (0, 1]")
         if self.ranks is not None and not all(isinstance(r, int) and r > 0 for r in self.ranks):

@@ -1,36 +1,56 @@
-"""A task: the data split, the model factory, batching and evaluation for one dataset.
+"""A task: the three data splits, the model factory, batching and scoring for one dataset.
 
 Everything a command needs to train or score a method on a dataset, built once from the
-settings: a seeded stratified train/test split (the same for every training seed, so seeds
-measure training variance only), the few-shot set for the ticket, and functions that make
-batches and evaluate.
+settings: seeded, stratified, disjoint train / validation / test splits (the same for every
+method and training seed, so seeds measure training variance only; a ``datasets`` folder's
+own validation / test splits are used as given), the few-shot set for the ticket (from the
+training split only), and functions that make batches and score a model.
+
+Validation is what training reports every epoch and what every choice (a learning rate)
+is made on; test is scored once per trained model, at the end, by :meth:`Task.score`.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from .. import data as data_lib
-from ..metrics import classification_scores
+from ..metrics import answer_matches, classification_scores
 from ..models import load_model
-from .generation import exact_match
+from .generation import generate_answers
 from .settings import Settings
 
 SPLIT_SEED = 0
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class Scores:
+    """A model's scores on one split.
+
+    Attributes:
+        metrics: ``{metric: fraction}`` (``accuracy`` and ``macro_f1``, or ``exact_match``).
+        correct: per example, in split order, whether the model got it right (for paired
+            comparisons of methods on the same examples).
+    """
+
+    metrics: dict[str, float]
+    correct: list[bool]
 
 
 @dataclass
 class Task:
     settings: Settings
     train: Any
+    validation: Any
     test: Any
     label_names: list[str]
     kind: str  # classification | image-classification | causal-lm
     tokenizer: Any = None
+    given_splits: tuple[str, ...] = ()
 
     @property
     def metrics(self) -> list[str]:
@@ -39,6 +59,11 @@ class Task:
     @property
     def primary_metric(self) -> str:
         return self.metrics[0]
+
+    def split(self, name: str) -> Any:
+        if name not in SPLITS:
+            raise ValueError(f"split={name!r} is invalid: choose one of {', '.join(SPLITS)}")
+        return getattr(self, name)
 
     def new_model(self) -> torch.nn.Module:
         """A fresh base model (new head when the dataset's labels need one)."""
@@ -64,17 +89,36 @@ class Task:
         """The few-shot set for a ticket: ``shots`` per class from the training split."""
         return data_lib.few_shot(self.train, shots or self.settings.shots, seed=seed)
 
-    def evaluator(self) -> Callable[[torch.nn.Module, Any], dict[str, float]]:
-        """``evaluate(model, eval_data) -> {metric: fraction}`` for the training loop."""
+    @torch.no_grad()
+    def score(self, model: torch.nn.Module, split: str) -> Scores:
+        """The model's metrics and per-example correctness on ``split`` (model left as it was)."""
+        data = self.split(split)
         if self.kind == "causal-lm":
-            test = self.test
+            generated = generate_answers(model, self.tokenizer, data.prompts, data.answers,
+                                         batch_size=self.settings.batch_size,
+                                         max_length=self.settings.max_length or 256)
+            correct = answer_matches(generated, data.answers)
+            return Scores({"exact_match": sum(correct) / len(correct)}, correct)
+        was_training = model.training
+        model.eval()
+        predictions, labels = [], []
+        try:
+            for batch in self.batches(data, shuffle=False, seed=0):
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                predictions.append(model(**inputs).logits.argmax(-1).cpu())
+                labels.append(batch["labels"].cpu())
+        finally:
+            model.train(was_training)
+        predicted, truth = torch.cat(predictions), torch.cat(labels)
+        return Scores(classification_scores(predicted, truth), (predicted == truth).tolist())
 
-            def evaluate(model: torch.nn.Module, _batches: Any = None) -> dict[str, float]:
-                return exact_match(model, self.tokenizer, test.prompts, test.answers,
-                                   batch_size=self.settings.batch_size, max_length=self.settings.max_length or 256)
+    def evaluator(self, split: str = "validation") -> Callable[[torch.nn.Module, Any], dict[str, float]]:
+        """``evaluate(model, _ignored) -> {metric: fraction}`` on ``split``, for the training loop."""
 
-            return evaluate
-        return classification_metrics
+        def evaluate(model: torch.nn.Module, _batches: Any = None) -> dict[str, float]:
+            return self.score(model, split).metrics
+
+        return evaluate
 
 
 @torch.no_grad()
@@ -84,37 +128,28 @@ def classification_metrics(model: torch.nn.Module, batches: Any) -> dict[str, fl
     was_training = model.training
     model.eval()
     predictions, labels = [], []
-    for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        predictions.append(model(**inputs).logits.argmax(-1).cpu())
-        labels.append(batch["labels"].cpu())
-    model.train(was_training)
+    try:
+        for batch in batches:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            predictions.append(model(**inputs).logits.argmax(-1).cpu())
+            labels.append(batch["labels"].cpu())
+    finally:
+        model.train(was_training)
     return classification_scores(torch.cat(predictions), torch.cat(labels))
 
 
 def build_task(settings: Settings) -> Task:
-    """Load the dataset, split it (seeded, stratified) and trim it to the per-class sizes."""
-    dataset = data_lib.load_dataset(
-        settings.dataset, task=settings.task, text_column=settings.text_column, label_column=settings.label_column,
-    )
-    train, test = data_lib.stratified_split(dataset, test_fraction=settings.test_fraction, seed=SPLIT_SEED)
-    if settings.train_per_class:
-        train = _at_most_per_class(train, settings.train_per_class)
-    if settings.test_per_class:
-        test = _at_most_per_class(test, settings.test_per_class)
-    return Task(settings=settings, train=train, test=test, label_names=list(dataset.label_names), kind=settings.task)
+    """Load the dataset and split it: seeded, stratified, disjoint train / validation / test.
 
-
-def _at_most_per_class(dataset: Any, count: int) -> Any:
-    """A seeded sample of ``count`` per class (fewer where a class has fewer).
-
-    Each class keeps ``min(count, its size)``: one small class does not shrink the others
-    (and a later "too few for --shots" error names the class that really is small). Draws as
-    :func:`partial_lora.data.few_shot` does, so balanced data gives the same sample.
+    Sizes per class come from the settings (``test_per_class`` or ``test_fraction`` of each
+    class; ``validation_per_class`` or ``validation_fraction`` of what remains; at most
+    ``train_per_class`` of the rest for training).
     """
-    rng = random.Random(SPLIT_SEED)
-    chosen: list[int] = []
-    for label in range(len(dataset.label_names)):
-        members = [i for i, value in enumerate(dataset.labels) if value == label]
-        chosen += rng.sample(members, min(count, len(members)))
-    return dataset.subset(sorted(chosen))
+    splits = data_lib.load_splits(
+        settings.dataset, task=settings.task, text_column=settings.text_column, label_column=settings.label_column,
+        test=settings.test_per_class or settings.test_fraction,
+        validation=settings.validation_per_class or settings.validation_fraction,
+        train_cap=settings.train_per_class, seed=SPLIT_SEED,
+    )
+    return Task(settings=settings, train=splits.train, validation=splits.validation, test=splits.test,
+                label_names=list(splits.label_names), kind=settings.task, given_splits=splits.given)
