@@ -164,7 +164,7 @@ def resolve(settings: Settings) -> Settings:
             f"({', '.join(PACKAGED_DATASETS)}); give a packaged name, a .csv/.jsonl file or a datasets folder"
         )
     if base is None:
-        base = dict(DATASET_DEFAULTS["bbc"], model=None, train_per_class=None, test_per_class=None)
+        base = dict(DATASET_DEFAULTS["bbc"], model=None, train_per_class=None, validation_per_class=None, test_per_class=None)
     updates = {key: value for key, value in base.items() if getattr(settings, key) is None}
     resolved = replace(settings, **updates)
     if resolved.model is None:
