@@ -10,6 +10,9 @@ A folder holds two files:
   fingerprint of the base layers' shapes, a checksum of the base weights, and the sha256 of
   the tensor file (so a half-written pair is detected).
 
+:func:`load` puts an adapter into a fresh base model; :func:`load_weights` copies a saved
+adapter's tensors into a model that already carries the same adapters (resuming training).
+
 Each file is written atomically (:mod:`partial_lora.files`). Loading checks everything
 against the base model before changing it; a damaged or mismatched folder raises
 :class:`AdapterFileError` and leaves the base untouched. Only safetensors is read; nothing
@@ -41,7 +44,7 @@ from .files import (
     read_tensors,
     sign,
 )
-from .layer import MAX_KEEP_MULTIPLIER, base_shape, is_supported
+from .layer import MAX_KEEP_MULTIPLIER, PartialLoraLayer, base_shape, is_supported
 from .naming import model_name_or_path
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
@@ -243,11 +246,8 @@ def load(
         raise ValueError("the base model already has Partial-LoRA adapters; load into a fresh base model")
     indices, values = _verify_layers(base_model, document, tensors, check_base_weights)
     saved = _verify_saved_modules(base_model, document, tensors)
-    known = set(values) | {f"adapters.{n}.lora_{k}" for n in indices for k in ("rows", "columns")}
-    known |= {f"modules_to_save.{m}.{t}" for m, t in saved}
-    unknown = sorted(set(tensors) - known)
-    if unknown:
-        raise AdapterFileError(f"{directory / WEIGHTS_NAME} holds unexpected tensors {unknown[:3]}; the file is not this adapter's")
+    known = _known_tensors(values, indices, saved)
+    _refuse_unknown_tensors(directory, tensors, known)
     # Everything checked: now change the model.
     multipliers = {name: float(info["keep_multiplier"]) for name, info in document["layers"].items()}
     layers = inject(base_model, config, indices, multipliers=multipliers)
@@ -265,6 +265,91 @@ def load(
     return base_model
 
 
+def load_weights(model: nn.Module, directory: str | os.PathLike, *, check_base_weights: bool = True) -> nn.Module:
+    """Copy a saved adapter's tensors into the adapters ``model`` already has (in place; returned).
+
+    The counterpart of :func:`load` for a model that already carries its adapters, e.g. to
+    resume training from a checkpoint or to go back to the best one: nothing is injected or
+    selected, and ``requires_grad`` flags stay as they are. Everything is verified before a
+    tensor is copied: the folder adapts exactly the model's adapted layers, each with the
+    same kind, shape, rank, alpha and the same kept row and column indices, and saves the
+    same modules with tensors of the same shapes; the base weights are checked as by
+    :func:`load`. Otherwise :class:`AdapterFileError` says what differs and the model is
+    left untouched.
+    """
+    directory = Path(directory)
+    document = read_config(directory)
+    tensors = read_tensors(committed_weights(directory, document["weights_sha256"]), document["weights_sha256"],
+                           error=AdapterFileError)
+    layers = adapter_layers(model)
+    if not layers:
+        raise ValueError("the model has no Partial-LoRA adapters to load into; load the folder into a fresh base "
+                         "model with partial_lora.load(base_model, folder)")
+    if any(layer.merged for layer in layers.values()):
+        raise ValueError("some adapters are merged into their base weights; unmerge() them before loading weights")
+    other = [n for n, layer in layers.items()
+             if not (isinstance(layer.lora_A, nn.Parameter) and isinstance(layer.lora_B, nn.Parameter))]
+    if other:
+        raise ValueError(f"load_weights fills Partial-LoRA layers whose lora_A and lora_B are parameters; layer "
+                         f"{other[0]!r} is a {type(layers[other[0]]).__name__}")
+    _refuse_other_names("adapted layers", set(document["layers"]), set(layers), directory)
+    _refuse_other_names("modules trained in full", set(document["modules_to_save"]), set(modules_to_save(model)),
+                        directory)
+    indices, values = _verify_layers(model, document, tensors, check_base_weights)
+    for name, layer in layers.items():
+        info, (rows, columns) = document["layers"][name], indices[name]
+        if layer.r != info["rank"] or layer.alpha != float(info["alpha"]):
+            raise AdapterFileError(f"layer {name!r}: the folder's adapter has rank {info['rank']} and alpha "
+                                   f"{info['alpha']:g}, the model's has rank {layer.r} and alpha {layer.alpha:g}")
+        if layer.multiplier != float(info["keep_multiplier"]):
+            raise AdapterFileError(f"layer {name!r}: the folder's adapter has keep compensation "
+                                   f"{info['keep_multiplier']:g}, the model's has {layer.multiplier:g} (a model built with "
+                                   "another keep_compensation setting); build it as the folder's config says")
+        if (len(rows), len(columns)) != (len(layer.lora_rows), len(layer.lora_columns)):
+            raise AdapterFileError(
+                f"layer {name!r}: the folder's adapter keeps {len(rows)} rows and {len(columns)} columns, the model's "
+                f"{len(layer.lora_rows)} and {len(layer.lora_columns)} (another keep ratio); load it into a fresh "
+                "base model with partial_lora.load instead"
+            )
+        if not (torch.equal(layer.lora_rows.cpu(), rows) and torch.equal(layer.lora_columns.cpu(), columns)):
+            raise AdapterFileError(
+                f"layer {name!r}: the folder keeps other rows or columns than the model's adapter (another seed, "
+                "ticket or selection); load it into a fresh base model with partial_lora.load instead"
+            )
+    saved = _verify_saved_modules(model, document, tensors)
+    _refuse_unknown_tensors(directory, tensors, _known_tensors(values, indices, saved))
+    # Everything checked: now change the tensors.
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.lora_A.copy_(values[f"adapters.{name}.lora_A"])
+            layer.lora_B.copy_(values[f"adapters.{name}.lora_B"])
+        for (module_name, tensor_name), value in saved.items():
+            model.get_submodule(module_name).state_dict()[tensor_name].copy_(value)
+    return model
+
+
+def _refuse_other_names(what: str, saved: set[str], have: set[str], directory: Path) -> None:
+    if saved != have:
+        only_saved, only_model = sorted(saved - have), sorted(have - saved)
+        raise AdapterFileError(
+            f"{directory} was saved with other {what} than the model has (only in the folder: "
+            f"{only_saved[:3] or 'none'}; only in the model: {only_model[:3] or 'none'}); it is another "
+            "adapter: load it into a fresh base model with partial_lora.load"
+        )
+
+
+def _known_tensors(values, indices, saved) -> set[str]:
+    known = set(values) | {f"adapters.{n}.lora_{k}" for n in indices for k in ("rows", "columns")}
+    return known | {f"modules_to_save.{m}.{t}" for m, t in saved}
+
+
+def _refuse_unknown_tensors(directory: Path, tensors: Mapping[str, torch.Tensor], known: set[str]) -> None:
+    unknown = sorted(set(tensors) - known)
+    if unknown:
+        raise AdapterFileError(f"{directory / WEIGHTS_NAME} holds unexpected tensors {unknown[:3]}; "
+                               "the file is not this adapter's")
+
+
 def _verify_layers(model, document, tensors, check_base_weights):
     modules = dict(model.named_modules())
     checksums = document.get("base_weight_checksums", {})
@@ -277,9 +362,10 @@ def _verify_layers(model, document, tensors, check_base_weights):
                 f"the adapter adapts layer {name!r}, which this base model ({type(model).__name__}) does not have; "
                 f"it was made for {document.get('base_model') or 'another model'}"
             )
-        if not is_supported(module):
+        adapted = isinstance(module, PartialLoraLayer)  # load_weights: the model has its adapters already
+        if not adapted and not is_supported(module):
             raise AdapterFileError(f"layer {name!r} of the base model is a {type(module).__name__}, not a layer Partial-LoRA adapts")
-        kind = "conv1x1" if isinstance(module, nn.Conv2d) else "linear"
+        kind = "conv1x1" if (module.is_conv if adapted else isinstance(module, nn.Conv2d)) else "linear"
         shape = list(base_shape(module))
         if kind != info["kind"] or shape != info["shape"]:
             raise AdapterFileError(

@@ -87,17 +87,33 @@ def plan_run(model: nn.Module, batches: Iterable[Any], config: TrainingConfig, a
     return Plan(accelerator, trainable, per_epoch, config.max_steps or config.epochs * per_epoch)
 
 
+def refuse_sharded(distributed_type: Any, user: str) -> None:
+    """Raise ``ValueError`` unless ``distributed_type`` keeps whole tensors on every process.
+
+    Checkpoints and adapter files are written from one process's whole tensors. FSDP,
+    DeepSpeed and Megatron-LM shard parameters and optimizer state across processes, so their
+    state would be saved in part or not at all; XLA (TPU) is refused with them, as the saving
+    does not handle it. DDP keeps a whole copy on every process and works. ``user`` names what
+    refuses, for the message.
+    """
+    from accelerate.utils import DistributedType
+
+    sharded = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM)
+    if distributed_type in sharded or distributed_type == DistributedType.XLA:
+        name = getattr(distributed_type, "value", distributed_type)
+        why = ("it shards parameters and optimizer state across processes, while Partial-LoRA checkpoints and "
+               "adapter files are written from whole tensors, so the state would not be saved"
+               if distributed_type in sharded else "Partial-LoRA checkpoints and adapter files are not written on XLA")
+        raise ValueError(
+            f"{user} does not support {name}: {why}. Use DDP, which keeps a whole copy of the (small) adapters on "
+            "every process: accelerate launch --multi_gpu --num_processes N (or torchrun --nproc_per_node N)"
+        )
+
+
 def check_accelerator(accelerator: Any, config: TrainingConfig) -> None:
     """Refuse what the loop and its checkpoints do not handle: sharded states, accumulation,
     a precision other than the config's."""
-    from accelerate.utils import DistributedType
-
-    sharded = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM, DistributedType.XLA)
-    if accelerator.distributed_type in sharded:
-        raise ValueError(
-            f"distributed_type {accelerator.distributed_type} is not supported: the loop and its checkpoints "
-            "handle one process or DDP (accelerate launch --multi_gpu, torchrun); sharded states are not saved"
-        )
+    refuse_sharded(accelerator.distributed_type, "the training loop")
     if accelerator.gradient_accumulation_steps != 1:
         raise ValueError(
             "the accelerator accumulates gradients; the loop takes one step per batch: build bigger batches"
