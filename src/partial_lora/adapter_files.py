@@ -301,10 +301,6 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, check_base_w
         if layer.r != info["rank"] or layer.alpha != float(info["alpha"]):
             raise AdapterFileError(f"layer {name!r}: the folder's adapter has rank {info['rank']} and alpha "
                                    f"{info['alpha']:g}, the model's has rank {layer.r} and alpha {layer.alpha:g}")
-        if layer.multiplier != float(info["keep_multiplier"]):
-            raise AdapterFileError(f"layer {name!r}: the folder's adapter has keep compensation "
-                                   f"{info['keep_multiplier']:g}, the model's has {layer.multiplier:g} (a model built with "
-                                   "another keep_compensation setting); build it as the folder's config says")
         if (len(rows), len(columns)) != (len(layer.lora_rows), len(layer.lora_columns)):
             raise AdapterFileError(
                 f"layer {name!r}: the folder's adapter keeps {len(rows)} rows and {len(columns)} columns, the model's "
@@ -316,6 +312,10 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, check_base_w
                 f"layer {name!r}: the folder keeps other rows or columns than the model's adapter (another seed, "
                 "ticket or selection); load it into a fresh base model with partial_lora.load instead"
             )
+        if layer.multiplier != float(info["keep_multiplier"]):
+            raise AdapterFileError(f"layer {name!r}: the folder's adapter has keep compensation "
+                                   f"{info['keep_multiplier']:g}, the model's has {layer.multiplier:g} (a model built with "
+                                   "another keep_compensation setting); build it as the folder's config says")
     saved = _verify_saved_modules(model, document, tensors)
     _refuse_unknown_tensors(directory, tensors, _known_tensors(values, indices, saved))
     # Everything checked: now change the tensors.
