@@ -18,6 +18,7 @@ LEARNING_RATE_FACTORS = {
     "lora": 1.0, "dora": 1.0, "adalora": 1.0,
     "vera": 10.0,
     "random-masking": 10.0,
+    "lora-eva": 1.0,
     "partial-lora": 1.0, "targeted": 1.0, "stochastic": 1.0, "uniform": 1.0, "partial-adalora": 1.0,
 }
 MAX_SPARSE_LR_SCALE = 10.0
@@ -26,7 +27,7 @@ MAX_SPARSE_LR_SCALE = 10.0
 def method_learning_rate(name: str, base_lr: float) -> float:
     """A sensible default learning rate for ``name``, given the one used for LoRA.
 
-    * LoRA, DoRA, AdaLoRA and every Partial-LoRA variant: ``base_lr`` (the Partial-LoRA
+    * LoRA, DoRA, AdaLoRA, LoRA-EVA and every Partial-LoRA variant: ``base_lr`` (the Partial-LoRA
       adapter tensors then train at ``base_lr`` times :func:`sparse_learning_rate_scale`,
       through ``TrainingConfig.adapter_lr_scale``; a new head stays at ``base_lr``).
     * VeRA: ``10 x`` (it trains only scaling vectors; its paper uses rates about ten times LoRA's).
