@@ -10,8 +10,11 @@ from peft import PeftModel
 
 import partial_lora
 from partial_lora.methods import (
+    INIT_BATCHES,
     METHODS,
+    MethodNotApplicable,
     build_method,
+    matched_lora_rank,
     method_learning_rate,
     random_masking_rank,
     save_method,
@@ -19,7 +22,7 @@ from partial_lora.methods import (
 )
 from partial_lora.methods.partial_adalora import adalora_layers
 
-from conftest import PlainSGD, tiny_bert, token_batch
+from conftest import PlainSGD, classification_data, tiny_bert, tiny_llama, token_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # PEFT's SHiRA
 
@@ -38,6 +41,7 @@ TRAINABLE = {
     "adalora": r"lora_[ABE]\.|classifier",
     "vera": r"vera_lambda_[bd]|classifier",
     "random-masking": r"shira_weight|classifier",
+    "lora-eva": r"lora_[AB]\.|classifier",
     "partial-lora": r"lora_[AB]$|classifier",
     "targeted": r"lora_[AB]$|classifier",
     "stochastic": r"lora_[AB]$|classifier",
@@ -53,6 +57,8 @@ def scores(seed: int = 0) -> dict:
 
 def build(name: str, **kw):
     kw.setdefault("total_steps", 10)
+    if name in INIT_BATCHES:
+        kw.setdefault("init_batches", [labelled_batch(seed) for seed in range(3)])
     return build_method(name, tiny_bert(), r=R, alpha=8, target_modules=TARGETS, modules_to_save=["classifier"],
                         keep_ratios=RATIOS, ticket_scores=scores(), seed=0, **kw)
 
@@ -224,3 +230,126 @@ def test_partial_lora_layers_carry_a_keep_compensation_of_loras_parameters_over_
     assert all(layer.multiplier == pytest.approx(10.0) for layer in partial_lora.adapter_layers(tiny).values())
     dense, _ = build_method("partial-lora", tiny_bert(), r=R, target_modules=TARGETS, keep_ratio=1.0)
     assert all(layer.multiplier == 1.0 for layer in partial_lora.adapter_layers(dense).values())
+
+
+# -- AdaLoRA's orthogonal regulariser -------------------------------------------------------
+def peft_orthogonal_regulariser(model) -> torch.Tensor:
+    """PEFT AdaLoRA's regulariser, written from its definition: mean over every lora_A / lora_B of
+    ||G - I||_F, with the r x r Gram matrix (A A^T, B^T B)."""
+    defects = []
+    for name, parameter in model.named_parameters():
+        if "lora_A" in name or "lora_B" in name:
+            gram = parameter @ parameter.T if "lora_A" in name else parameter.T @ parameter
+            defects.append(torch.linalg.matrix_norm(gram - torch.eye(len(gram), dtype=gram.dtype)))
+    return sum(defects) / len(defects)
+
+
+def adalora_case(kind: str):
+    """(base model, build_method arguments, one labelled batch) for the models the project trains."""
+    if kind == "bert":
+        return tiny_bert().double(), dict(target_modules=TARGETS, modules_to_save=["classifier"]), labelled_batch()
+    if kind == "llama":
+        batch = token_batch(batch=2, length=6, vocab=120)
+        return tiny_llama().double(), dict(target_modules=["q_proj", "v_proj"]), {**batch, "labels": batch["input_ids"]}
+    from partial_lora.models.efficientnet_lite import EfficientNetLite0
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    return (EfficientNetLite0(num_classes=3).double(),
+            dict(target_modules=r"_blocks\.1[45]\._project_conv", modules_to_save=["_fc"]),
+            {"pixel_values": images, "labels": torch.tensor([0, 2])})
+
+
+@pytest.mark.parametrize("kind", ["bert", "llama", "efficientnet"])
+def test_adalora_training_loss_includes_pefts_orthogonal_regulariser(kind):
+    base, targets, batch = adalora_case(kind)
+    model, hooks = build_method("adalora", base, r=4, alpha=8, total_steps=10, orth_reg_weight=0.3, **targets)
+    assert hooks.extra_loss is None  # PEFT's own forward adds it
+    model.train()
+
+    def loss(forward) -> torch.Tensor:
+        torch.manual_seed(5)  # the same dropout masks in both passes
+        return forward(**batch).loss
+
+    regulariser = peft_orthogonal_regulariser(model)
+    assert regulariser.item() > 0.1
+    task_loss = loss(model.get_base_model())  # the wrapped model alone: the task's loss
+    # (Llama computes its loss in float32 whatever the model's dtype.)
+    atol = 1e-12 if task_loss.dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(loss(model) - task_loss, 0.3 * regulariser, rtol=0, atol=atol, check_dtype=False)
+    loss(model).backward()  # the regulariser trains P and Q although E starts at zero
+    assert all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_A" in n or "lora_B" in n)
+    model.eval()  # evaluation reports the task's loss, as for every other method
+    torch.testing.assert_close(loss(model), loss(model.get_base_model()), rtol=0, atol=0)
+
+
+# -- LoRA with EVA initialisation -------------------------------------------------------------
+EVA_TARGETS = ["query", "key", "value", "output.dense"]  # 32 x 32, except output.dense: 32 x 64
+
+
+def eva_batches() -> list[dict]:
+    data = classification_data(32, seed=0)
+    return [{name: tensor[start:start + 8] for name, tensor in data.items()} for start in range(0, 32, 8)]
+
+
+def build_eva(**kw):
+    kw.setdefault("init_batches", eva_batches())
+    return build_method("lora-eva", tiny_bert(num_labels=2), r=8, alpha=16, target_modules=EVA_TARGETS,
+                        modules_to_save=["classifier"], keep_ratio=0.25, seed=0, **kw)
+
+
+def test_lora_eva_matches_the_partial_lora_count_and_redistributes_ranks():
+    model, hooks = build_eva()
+    partial, _ = build_method("partial-lora", tiny_bert(num_labels=2), r=8, alpha=16, target_modules=EVA_TARGETS,
+                              modules_to_save=["classifier"], keep_ratio=0.25)
+    layers = partial_lora.adapter_layers(partial)
+    shapes = {name: (layer.out_features, layer.in_features) for name, layer in layers.items()}
+    eva_r = matched_lora_rank({name: 0.25 for name in shapes}, shapes, 8)
+    config = model.peft_config["default"]
+    assert eva_r == 2 and config.r == eva_r and config.init_lora_weights == "eva"
+    assert hooks.extra_loss is None and not hooks.callbacks
+    assert config.lora_alpha == 16 * eva_r / 8  # alpha / r as for LoRA and the Partial-LoRA
+    ranks = {name: config.rank_pattern.get(name, eva_r) for name in shapes}
+    assert len(set(ranks.values())) > 1 and max(ranks.values()) <= round(2.0 * eva_r)  # rho = 2
+    assert sum(ranks.values()) == eva_r * len(shapes)  # redistributed, not added
+    head = 32 * 2 + 2
+    eva_count = partial_lora.trainable_parameters(model) - head
+    partial_count = partial_lora.trainable_parameters(partial) - head
+    assert eva_count == sum(rank * sum(shapes[name]) for name, rank in ranks.items())
+    assert abs(eva_count - partial_count) <= 0.1 * partial_count
+    # EVA's A rows are the top input directions: orthonormal; B starts at zero.
+    layer = model.get_submodule("base_model.model.bert.encoder.layer.0.attention.self.query")
+    a = layer.lora_A["default"].weight
+    torch.testing.assert_close(a @ a.T, torch.eye(len(a)), rtol=0, atol=1e-4)
+    assert layer.lora_B["default"].weight.abs().sum() == 0
+
+
+def test_lora_eva_trains_saves_and_reloads_in_peft(tmp_path):
+    model, _ = build_eva()
+    batches = eva_batches()
+    model.train()
+    optimizer = PlainSGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for step in range(3):
+        model(**batches[step]).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters() if "lora_B" in n)
+    model.eval()
+    batch = token_batch()
+    expected = model(**batch).logits
+    save_method(model, "lora-eva", tmp_path / "eva")
+    reloaded = PeftModel.from_pretrained(tiny_bert(num_labels=2), tmp_path / "eva").eval()
+    torch.testing.assert_close(reloaded(**batch).logits, expected, rtol=0, atol=1e-6)
+
+
+def test_lora_eva_needs_init_batches_and_refuses_what_eva_cannot_adapt():
+    with pytest.raises(ValueError, match="pass init_batches"):
+        build_eva(init_batches=None)
+    with pytest.raises(MethodNotApplicable, match="input directions"):
+        build_eva(eva_r=20)  # round(2 * 20) = 40 directions of 32 input features
+    with pytest.raises(MethodNotApplicable, match="did not converge"):  # 8 rows per batch, 2 * 5 = 10 directions
+        build_method("lora-eva", tiny_bert(num_labels=2), r=8, target_modules=["pooler.dense"], eva_r=5,
+                     init_batches=eva_batches())
+    counts = {budget: build_eva(budget=budget)[0].peft_config["default"].r for budget in (704, 2100)}
+    assert counts == {704: 1, 2100: 3}  # rank * sum(m + n) = rank * 704 nearest the budget

@@ -110,3 +110,35 @@ def test_other_convolutions_are_refused_and_leave_the_model_alone(method):
     with pytest.raises(MethodNotApplicable, match="project"):
         build_method(method, strided, r=2, target_modules=["expand", "project"])
     assert isinstance(strided.expand, nn.Conv2d)
+
+
+def test_lora_eva_initialises_1x1_convolutions_from_their_pixels_and_reloads(tmp_path):
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    channel_scales = torch.tensor([0.5, 4.0, 1.0, 2.0], dtype=torch.float64).view(1, 4, 1, 1)  # distinct directions
+    batches = [{"pixel_values": images(seed) * channel_scales, "labels": labels} for seed in range(3)]
+    base_output = tiny_net()(images())
+    model, _ = build_method("lora-eva", tiny_net(), r=2, alpha=4, target_modules=["expand", "project"],
+                            modules_to_save=["head"], keep_ratio=1.0, seed=0, init_batches=batches)
+    # PEFT's EVA runs on the wrapped convolutions: A holds the top directions of their inputs, one row per pixel.
+    expand = model.get_submodule("base_model.model.expand.linear")
+    pixels = torch.cat([batch["pixel_values"] for batch in batches]).movedim(1, -1).reshape(-1, 4)
+    pixels = pixels - pixels.mean(0)
+    a = expand.lora_A["default"].weight
+    top = torch.linalg.svd(pixels, full_matrices=False).Vh[: len(a)]
+    torch.testing.assert_close(a @ a.T, torch.eye(len(a), dtype=a.dtype), rtol=0, atol=1e-5)
+    # (EVA stops once its incremental SVD has converged, so it may not have read every batch.)
+    assert (pixels @ a.T).pow(2).sum() >= 0.98 * (pixels @ top.T).pow(2).sum()
+    torch.testing.assert_close(model(images()), base_output)  # B = 0: the unchanged model
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for step in range(3):
+        model(pixel_values=images(step), labels=labels).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    trained_output = model(images())
+    assert not torch.allclose(trained_output, base_output)
+    save_method(model, "lora-eva", tmp_path / "eva")
+    metadata = json.loads((tmp_path / "eva" / "training_metadata.json").read_text())
+    fresh = tiny_net()
+    wrap_pointwise_convs(fresh, metadata["pointwise_convs_as_linear"])
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "eva")
+    torch.testing.assert_close(reloaded(images()), trained_output, rtol=1e-9, atol=1e-9)

@@ -7,6 +7,7 @@ interrupted comparison resumes without training it again).
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,8 @@ from typing import Any
 import torch
 
 from ..files import atomic_write_bytes
+from ..methods import INIT_BATCHES, TICKET_METHODS, build_method, method_learning_rate, save_method
 from ..statistics import correctness_text
-from ..methods import TICKET_METHODS, build_method, method_learning_rate, save_method
 from ..surgery import find_target_modules, trainable_parameters
 from ..ticket import Ticket, find_ticket
 from ..training import TrainingConfig, train
@@ -108,11 +109,13 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
     alpha = settings.alpha * rank / settings.rank
     train_batches = task.batches(task.train, shuffle=True, seed=seed)
     total_steps = len(train_batches) * settings.epochs
+    # Data-initialised methods (lora-eva) read the first few training batches (iterating does not reshuffle).
+    init_batches = list(itertools.islice(train_batches, INIT_BATCHES[method])) if method in INIT_BATCHES else None
     model, hooks = build_method(
         method, model, r=rank, alpha=alpha, target_modules=settings.target_modules,
         modules_to_save=settings.modules_to_save, keep_ratios=ticket.keep_ratios() if ticket else None,
         ticket_scores=ticket.scores if ticket else None, seed=seed, total_steps=total_steps,
-        budget=settings.budget,
+        budget=settings.budget, init_batches=init_batches,
     )
     checkpoints = out / "checkpoints" / label
     config = TrainingConfig(

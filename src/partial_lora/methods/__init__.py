@@ -4,15 +4,17 @@
 the method's parameters trainable) and :class:`MethodHooks`, the ``extra_loss`` and
 ``callbacks`` the training loop must call for that method (AdaLoRA's rank allocation and
 orthogonal regulariser). ``method_learning_rate`` gives each method's default learning rate,
-``save_method`` saves the trained adapter in its natural format and returns its size.
+``save_method`` saves the trained adapter in its natural format and returns its size. The
+methods in :data:`INIT_BATCHES` (lora-eva) initialise from data: pass them ``init_batches``.
 
 =================  ===========================================================================
 name               what it is (and where)
 =================  ===========================================================================
 full               full fine-tuning: every parameter trainable
-lora, adalora,     PEFT's LoRA, AdaLoRA, VeRA, DoRA and SHiRA with random masks
-vera, dora,        (:mod:`~partial_lora.methods.peft_methods`; 1x1 convolutions through
-random-masking     :mod:`~partial_lora.methods.pointwise`)
+lora, adalora,     PEFT's LoRA, AdaLoRA, VeRA, DoRA, SHiRA with random masks, and LoRA with
+vera, dora,        EVA initialisation (the last two at the Partial-LoRA's parameter count)
+random-masking,    (:mod:`~partial_lora.methods.peft_methods`; 1x1 convolutions through
+lora-eva           :mod:`~partial_lora.methods.pointwise`)
 partial-lora,      this package's adapters at a ticket's keep ratios: random, top-scored,
 targeted,          score-sampled or one common ratio (:mod:`~partial_lora.methods.ticket_methods`),
 stochastic,        and Partial-AdaLoRA (:mod:`~partial_lora.methods.partial_adalora`,
@@ -35,14 +37,23 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from .learning_rates import LEARNING_RATE_FACTORS, method_learning_rate
-from .peft_methods import build_adalora, build_lora, build_random_masking, build_vera, random_masking_rank
+from .peft_methods import (
+    build_adalora,
+    build_lora,
+    build_lora_eva,
+    build_random_masking,
+    build_vera,
+    matched_lora_rank,
+    random_masking_rank,
+)
 from .registry import (
+    INIT_BATCHES,
     METHODS,
     OPTIONS,
     PEFT_METHODS,
@@ -69,6 +80,7 @@ def build_method(
     seed: int = 0,
     total_steps: int | None = None,
     budget: int | None = None,
+    init_batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
     **kw: Any,
 ) -> tuple[nn.Module, MethodHooks]:
     """Make ``model`` ready to train with method ``name``.
@@ -89,13 +101,18 @@ def build_method(
         budget: optional total adapter-parameter budget. The ticket methods rescale the ticket's
             ratios by one factor to meet it (uniform then matches that total; Partial-AdaLoRA
             counts its initial rank and not its ``r`` singular values per layer); random-masking
-            trains about that many entries. Ignored by the other methods.
+            trains about that many entries, lora-eva takes the rank with about that many. Ignored
+            by the other methods.
+        init_batches: a few training batches (dicts as the model takes them, with ``labels``),
+            read by the methods in :data:`INIT_BATCHES` (lora-eva: PEFT's EVA) to initialise
+            their adapters; required there, ignored by the others.
         kw: per-method options (:data:`OPTIONS`): ``dropout``; ``keep_ratio`` (one ratio for every
             layer when there is no ticket); ``init_r``, ``tinit``, ``tfinal``, ``delta_t``, ``beta1``,
             ``beta2``, ``orth_reg_weight`` (adalora, partial-adalora); ``vera_r``, ``d_initial``
             (vera); ``masking_r`` (random-masking: entries trained per layer = ``masking_r * (m + n)``;
             by default the count nearest the Partial-LoRA at ``keep_ratios``, or at keep ratio 0.25
-            without a ticket).
+            without a ticket); ``eva_r`` (lora-eva's average rank, by default the LoRA rank with the
+            count nearest that Partial-LoRA's), ``rho``, ``tau``, ``whiten`` (PEFT's ``EvaConfig``).
 
     Returns:
         ``(model, hooks)``.
@@ -103,7 +120,7 @@ def build_method(
     request = make_request(
         name, r=r, alpha=alpha, target_modules=target_modules, modules_to_save=modules_to_save,
         keep_ratios=keep_ratios, ticket_scores=ticket_scores, seed=seed, total_steps=total_steps,
-        budget=budget, options=kw,
+        budget=budget, options=kw, init_batches=init_batches,
     )
     return BUILDERS[name](model, request)
 
@@ -122,12 +139,14 @@ BUILDERS: dict[str, Callable[[nn.Module, MethodRequest], tuple[nn.Module, Method
     "adalora": build_adalora,
     "vera": build_vera,
     "random-masking": build_random_masking,
+    "lora-eva": build_lora_eva,
     **{name: build_ticket_method for name in TICKET_METHODS},
 }
 
 __all__ = [
     "BUILDERS",
     "FULL_WEIGHTS_NAME",
+    "INIT_BATCHES",
     "LEARNING_RATE_FACTORS",
     "METADATA_NAME",
     "METHODS",
@@ -138,6 +157,7 @@ __all__ = [
     "MethodNotApplicable",
     "MethodRequest",
     "build_method",
+    "matched_lora_rank",
     "method_learning_rate",
     "random_masking_rank",
     "save_method",

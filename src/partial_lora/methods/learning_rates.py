@@ -15,6 +15,7 @@ LEARNING_RATE_FACTORS = {
     "lora": 1.0, "dora": 1.0, "adalora": 1.0,
     "vera": 10.0,
     "random-masking": 10.0,
+    "lora-eva": 1.0,
     "partial-lora": 1.0, "targeted": 1.0, "stochastic": 1.0, "uniform": 1.0, "partial-adalora": 1.0,
 }
 
@@ -22,8 +23,8 @@ LEARNING_RATE_FACTORS = {
 def method_learning_rate(name: str, base_lr: float) -> float:
     """A sensible default learning rate for ``name``, given the one used for LoRA.
 
-    * LoRA, DoRA, AdaLoRA and every Partial-LoRA variant: ``base_lr`` (Partial-LoRA layers
-      are keep-compensated, so the same rate moves them at LoRA's pace).
+    * LoRA, DoRA, AdaLoRA, LoRA-EVA and every Partial-LoRA variant: ``base_lr`` (Partial-LoRA
+      layers are keep-compensated, so the same rate moves them at LoRA's pace).
     * VeRA: ``10 x`` (it trains only scaling vectors; its paper uses rates about ten times LoRA's).
     * random-masking: ``10 x`` (Xu & Zhang: the sparser the trained set, the larger the
       learning rate it needs; at our densities, near a Partial-LoRA's count, ten times LoRA's).

@@ -4,7 +4,10 @@ While training, AdaLoRA (Zhang et al., 2023) scores every triplet ``(P[:, i], E_
 of every layer by the smoothed sensitivity ``|p * grad|`` of its entries and keeps the best
 ones, zeroing the singular values ``E_i`` of the others; the total rank allowed shrinks on a
 cubic schedule (:func:`rank_budget`) from the initial ranks to ``target_r`` per layer on
-average. An orthogonal regulariser keeps ``P_R`` and ``Q_C`` close to orthonormal.
+average. An orthogonal regulariser (PEFT's form, :func:`orthogonal_penalty`) keeps ``P_R`` and
+``Q_C`` close to orthonormal. With every row and column kept, the allocator, the schedule and
+the regulariser are PEFT's AdaLoRA's, so the two train alike (tests/test_adalora.py compares
+them step by step).
 
 * :class:`RankAllocator` - the importance scores and the masking, over a whole model;
 * :func:`orthogonal_penalty` - the regulariser;
@@ -194,29 +197,36 @@ class RankAllocator:
 
 # -- orthogonality -------------------------------------------------------------------------
 def orthogonal_penalty(model: nn.Module) -> torch.Tensor:
-    """AdaLoRA's regulariser ``||P_R^T P_R - I||_F^2 + ||Q_C Q_C^T - I||_F^2``, averaged over layers.
+    """PEFT AdaLoRA's orthogonal regulariser over the kept factors: ``mean ||G - I||_F``.
+
+    For every Partial-AdaLoRA layer, ``P_R`` ``[|R|, r]`` and ``Q_C`` ``[r, |C|]`` each count
+    as one matrix, with the ``r x r`` Gram matrix ``G = P_R^T P_R`` (resp. ``Q_C Q_C^T``), as
+    PEFT's ``AdaLoraModel.forward`` does for its ``lora_B`` and ``lora_A``: the plain
+    (not squared) Frobenius norm of ``G - I``, averaged over all ``2 x layers`` matrices.
+    With every row and column kept this is exactly PEFT's value, so Partial-AdaLoRA at keep
+    ratio 1 trains as PEFT's AdaLoRA does. At initialisation (``P``, ``Q`` near zero) it is about
+    ``sqrt(r)``; the squared norms summed over ``P`` and ``Q`` that the AdaLoRA paper writes
+    would be about ``2 r`` (24 against 3.5 at ``r = 12``).
 
     When a layer keeps fewer rows than its rank (``|R| < r``) its ``P_R`` cannot have
-    orthonormal columns, so the smaller Gram matrix is used (``P_R P_R^T - I``: orthonormal
-    rows); the same for ``Q_C`` with ``|C| < r``. The squared norm is the paper's; PEFT's
-    AdaLoRA uses the plain Frobenius norm averaged over matrices.
+    orthonormal columns, and ``||P_R^T P_R - I||_F`` could not fall below ``sqrt(r - |R|)``; the
+    smaller Gram matrix is used instead (``P_R P_R^T - I``: orthonormal rows, which has the
+    same nonzero spectrum), and the same for ``Q_C`` with ``|C| < r``.
 
     Returns a scalar tensor (zero, without gradient, when the model has no such layers).
     """
     layers = list(adalora_layers(model).values())
     if not layers:
         return torch.zeros(())
-    total = 0.0
-    for layer in layers:
-        total = total + _gram_defect(layer.lora_P) + _gram_defect(layer.lora_Q)
-    return total / len(layers)
+    defects = [_gram_defect(matrix) for layer in layers for matrix in (layer.lora_P, layer.lora_Q)]
+    return sum(defects) / len(defects)
 
 
 def _gram_defect(matrix: torch.Tensor) -> torch.Tensor:
-    """``||M^T M - I||_F^2`` on the smaller side of ``M``."""
+    """``||G - I||_F`` with ``G`` the Gram matrix on the smaller side of ``matrix``."""
     gram = matrix.T @ matrix if matrix.shape[0] >= matrix.shape[1] else matrix @ matrix.T
     identity = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-    return (gram - identity).pow(2).sum()
+    return torch.linalg.matrix_norm(gram - identity)
 
 
 # -- training-loop adapters ----------------------------------------------------------------

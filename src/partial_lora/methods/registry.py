@@ -2,15 +2,16 @@
 
 :data:`METHODS` is the one list of method names (the command line shows and checks these, in
 this order). Each method takes the options in :data:`OPTIONS` (with their defaults;
-``None`` means derived by the builder). :func:`make_request` checks a call of
-``build_method`` and returns the :class:`MethodRequest` a builder reads; a builder returns
-the model and its :class:`MethodHooks`.
+``None`` means derived by the builder). A method in :data:`INIT_BATCHES` initialises itself
+from a few training batches, which the caller passes to ``build_method`` as ``init_batches``.
+:func:`make_request` checks a call of ``build_method`` and returns the :class:`MethodRequest`
+a builder reads; a builder returns the model and its :class:`MethodHooks`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -20,12 +21,16 @@ from ..config import check_keep_ratio
 from ..naming import pattern_key, pattern_value
 from ..surgery import find_target_modules
 
-PEFT_METHODS = ("lora", "adalora", "vera", "dora", "random-masking")
+PEFT_METHODS = ("lora", "adalora", "vera", "dora", "random-masking", "lora-eva")
 TICKET_METHODS = ("partial-lora", "partial-adalora", "targeted", "stochastic", "uniform")
 METHODS = ("full", *PEFT_METHODS, *TICKET_METHODS)
 
 ADALORA_ORTH_WEIGHT = 0.1  # AdaLoRA's orthogonal-regulariser weight (its paper uses 0.1-0.5)
 VERA_RANK = 256  # VeRA's shared random projections are much wider than a LoRA rank
+EVA_RHO = 2.0  # PEFT's EVA default: a layer may get up to rho times the average rank
+
+# Methods initialised from data: how many training batches the caller passes as init_batches.
+INIT_BATCHES = {"lora-eva": 8}
 
 _ADALORA_OPTIONS = {"init_r": None, "tinit": None, "tfinal": None, "delta_t": 1, "beta1": 0.85, "beta2": 0.85,
                     "orth_reg_weight": ADALORA_ORTH_WEIGHT}
@@ -38,6 +43,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "adalora": {"dropout": 0.0, **_ADALORA_OPTIONS},
     "vera": {"dropout": 0.0, "vera_r": VERA_RANK, "d_initial": 0.1},
     "random-masking": {"masking_r": None, "keep_ratio": None},
+    "lora-eva": {"dropout": 0.0, "eva_r": None, "keep_ratio": None, "rho": EVA_RHO, "tau": 0.99, "whiten": False},
     "partial-lora": {"dropout": 0.0, "keep_ratio": None},
     "targeted": {"dropout": 0.0, "keep_ratio": None},
     "stochastic": {"dropout": 0.0, "keep_ratio": None},
@@ -85,6 +91,7 @@ class MethodRequest:
     total_steps: int | None
     budget: int | None
     options: dict[str, Any]
+    init_batches: list[Mapping[str, torch.Tensor]] | None = None
 
     def targets(self, model: nn.Module) -> dict[str, nn.Module]:
         """The modules to adapt, by full name: ``target_modules``, else the layers the ticket names."""
@@ -143,8 +150,10 @@ def make_request(
     total_steps: int | None,
     budget: int | None,
     options: Mapping[str, Any],
+    init_batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
 ) -> MethodRequest:
-    """Check the method name, its options, the rank and (for the AdaLoRA methods) ``total_steps``."""
+    """Check the method name, its options, the rank, (for the AdaLoRA methods) ``total_steps`` and
+    (for the methods in :data:`INIT_BATCHES`) ``init_batches``, which become a list."""
     check_method(name)
     allowed = OPTIONS[name]
     unknown = sorted(set(options) - set(allowed))
@@ -156,8 +165,14 @@ def make_request(
         raise ValueError(f"r={r!r} is invalid: the rank must be a positive integer")
     if name in ("adalora", "partial-adalora") and (not isinstance(total_steps, int) or total_steps < 1):
         raise ValueError(f"{name} needs total_steps (the optimizer steps of the run) for its rank schedule")
+    batches = None
+    if name in INIT_BATCHES:
+        batches = list(init_batches) if init_batches is not None else []
+        if not batches:
+            raise ValueError(f"{name} initialises its adapters from data: pass init_batches (a few training batches, "
+                             f"e.g. the first {INIT_BATCHES[name]} of the training split)")
     return MethodRequest(
         name=name, r=r, alpha=float(alpha), target_modules=target_modules,
         modules_to_save=list(modules_to_save or []), keep_ratios=keep_ratios, ticket_scores=ticket_scores,
-        seed=seed, total_steps=total_steps, budget=budget, options={**allowed, **options},
+        seed=seed, total_steps=total_steps, budget=budget, options={**allowed, **options}, init_batches=batches,
     )
