@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..methods import TICKET_METHODS, MethodNotApplicable, method_learning_rate
+from ..methods import SIZED_BY_TICKET, TICKET_METHODS, MethodNotApplicable, method_learning_rate
 from ..ticket import Ticket, plot_keep_ratios
 from . import report
 from .output import check_out, prepare_out
@@ -36,7 +36,7 @@ def _compare(settings: Settings, *, title: str, verdict_for_run: bool) -> int:
     started = time.perf_counter()
     task = build_task(settings)
     base = task.new_model()  # loads the tokenizer once, and fails early on a bad --model
-    check_input(task, settings, base, ticket=any(m in TICKET_METHODS for m in settings.methods))
+    check_input(task, settings, base, ticket=any(m in (*TICKET_METHODS, *SIZED_BY_TICKET) for m in settings.methods))
     out = prepare_out(settings)
     say(settings, f"{settings.dataset}: {len(task.train)} training / {len(task.validation)} validation / "
                   f"{len(task.test)} test examples, {len(task.label_names)} classes; model {settings.model}")
@@ -124,10 +124,13 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
     Returns the reported rows (one per seed, scored on test) and the search record (or None).
     """
     primary = task.primary_metric
+    # Baselines sized by the ticket (random masking, EVA) get Partial-LoRA's count at the default threshold.
+    ticket_threshold = settings.threshold if threshold is None and method in SIZED_BY_TICKET else threshold
 
     def run(seed: int, rate: float, *, score_test: bool, tag: str = "", finished=None) -> dict[str, Any]:
         label = _label(method, rank, threshold, seed, ranks, thresholds) + tag
-        return train_method(task, settings, method=method, seed=seed, rank=rank, ticket=tickets.get(seed, threshold),
+        return train_method(task, settings, method=method, seed=seed, rank=rank,
+                            ticket=tickets.get(seed, ticket_threshold),
                             out=out, label=label, learning_rate=rate, score_test=score_test, finished=finished)
 
     grid = settings.lr_grid

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..methods import TICKET_METHODS
+from ..methods import SIZED_BY_TICKET, TICKET_METHODS
 from ..ticket import Ticket, plot_keep_ratios, ticket_overlap
 from . import report
 from .output import check_out, prepare_out
@@ -38,9 +38,9 @@ def train_command(settings: Settings, args: Any) -> int:
     settings = resolve(settings)
     check_out(settings)
     task = build_task(settings)
-    check_input(task, settings, task.new_model(), ticket=settings.method in TICKET_METHODS)
+    check_input(task, settings, task.new_model(), ticket=settings.method in (*TICKET_METHODS, *SIZED_BY_TICKET))
     out = prepare_out(settings)
-    ticket = derive_ticket(task, settings, seed=settings.seed) if settings.method in TICKET_METHODS else None
+    ticket = derive_ticket(task, settings, seed=settings.seed) if settings.method in (*TICKET_METHODS, *SIZED_BY_TICKET) else None
     if ticket is not None:
         ticket.save(out / "ticket.json")
     row = train_method(task, settings, method=settings.method, seed=settings.seed, rank=settings.rank,

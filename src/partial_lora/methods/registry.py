@@ -29,6 +29,8 @@ ADALORA_ORTH_WEIGHT = 0.1  # AdaLoRA's orthogonal-regulariser weight (its paper 
 VERA_RANK = 256  # VeRA's shared random projections are much wider than a LoRA rank
 EVA_RHO = 2.0  # PEFT's EVA default: a layer may get up to rho times the average rank
 
+# Baselines sized to the Partial-LoRA of the ticket (its parameter count), when given one.
+SIZED_BY_TICKET = ("random-masking", "lora-eva")
 # Methods initialised from data: how many training batches the caller passes as init_batches.
 INIT_BATCHES = {"lora-eva": 8}
 
