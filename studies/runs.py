@@ -1,12 +1,26 @@
-"""Reading what the study's runs wrote: results, tickets, commands, and learned updates.
+"""Reading what the study's runs wrote: reported rows, learning-rate searches, tickets, updates.
 
-Nothing here trains; everything is read from ``--runs/<setting>/<part>/`` (results.json of
-``partial-lora compare``, ticket.json of ``partial-lora ticket``, the saved adapters).
+Nothing here trains; everything is read from ``--runs/<setting>/<part>/`` (``results.json`` of
+``partial-lora compare``, one per compare folder; ``ticket.json`` of ``partial-lora ticket``;
+the saved adapters). A part of several compares keeps each in a subfolder
+(``pareto/lora-ranks``, ``ranks/partial-lora-r16``, ...).
+
+A **reported row** is one trained model scored on test: the selected learning rate of its
+configuration (method, rank, threshold) and one seed. Each row read here is annotated with
+``task``, ``part``, ``folder`` (the subfolder, ``""`` for a part of one compare),
+``threshold_mode``, ``budget`` and ``label`` (the configuration's name in the document). The
+grid runs that were not selected were scored on validation only; they appear in the
+searches (``lr_search`` of results.json), never as rows.
+
+A compare cut short has no results.json yet: its finished runs are read from
+``partial/<run>.json`` (rows with a test score are reported rows; the others are grid trials),
+its searches rebuilt from them, and the part is listed as incomplete.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +29,13 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from partial_lora.methods import method_learning_rate
 from partial_lora.ticket import Ticket
 
 from . import plan
+
+DEFAULT_RANK = 8
+DEFAULT_THRESHOLD = 0.9
 
 
 @dataclass
@@ -26,62 +44,195 @@ class SettingRuns:
 
     Attributes:
         setting: the plan's entry.
-        results: ``{part: [result rows]}`` of the compare parts that finished.
-        commands: ``{part: the command(s) that made it}``.
+        metric: the primary test metric (``accuracy`` or ``exact_match``).
+        rows: the reported rows of every compare part, annotated (see the module docstring).
+        searches: one learning-rate search per configuration: ``{part, folder, label, method,
+            rank, threshold, grid (actual rates), grid_base (LoRA's units), seeds, validation
+            ({actual rate: mean validation metric over the search seeds}), selected (actual
+            rate), selected_on, complete}``.
+        commands: ``{part: the command line(s) that made it}``.
         tickets: ``{(method, shots, seed): Ticket}`` of the tickets part.
-        updates: ``{method: {layer: [||scale B A||_F / ||W||_F per seed]}}`` from main's adapters.
-        metric: the primary metric (``accuracy`` or ``exact_match``).
-        incomplete: parts cut short, whose finished runs are in ``results``.
+        main_tickets: the tickets the main part derived (one per seed, tau 0.9).
+        updates: ``{method: {layer: [||scale B A||_F / ||W||_F per seed]}}`` of main's
+            reported LoRA and Partial-LoRA adapters (the selected rate's).
+        notes: ``{part: [notes of compare, e.g. a method it could not train]}``.
+        incomplete: parts cut short, whose finished runs are in ``rows``.
     """
 
     setting: plan.Setting
-    results: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    metric: str = "accuracy"
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    searches: list[dict[str, Any]] = field(default_factory=list)
     commands: dict[str, str] = field(default_factory=dict)
     tickets: dict[tuple[str, int, int], Ticket] = field(default_factory=dict)
+    main_tickets: list[Ticket] = field(default_factory=list)
     updates: dict[str, dict[str, list[float]]] = field(default_factory=dict)
-    metric: str = "accuracy"
+    notes: dict[str, list[str]] = field(default_factory=dict)
     incomplete: list[str] = field(default_factory=list)
 
-    def rows(self, part: str, method: str | None = None) -> list[dict[str, Any]]:
-        return [r for r in self.results.get(part, []) if method is None or r["method"] == method]
+    def select(self, part: str | None = None, method: str | None = None) -> list[dict[str, Any]]:
+        """The reported rows of ``part`` (any part if None) and ``method`` (any if None)."""
+        return [r for r in self.rows
+                if (part is None or r["part"] == part) and (method is None or r["method"] == method)]
+
+    def has(self, part: str) -> bool:
+        """Whether ``part`` left anything to report."""
+        return bool(self.tickets) if part == "tickets" else any(r["part"] == part for r in self.rows)
+
+
+def configuration_label(row: dict[str, Any]) -> str:
+    """The document's name of a row's configuration, unique within a setting.
+
+    ``lora r=2``, ``partial-lora tau=0.7``, ``partial-lora tau=0.8 absolute``, ``lora r=3 (matched)``,
+    ``random-masking (budget of lora r=4)``: the method plus what sets it apart from the main part's
+    default (rank 8, tau 0.9 relative). LoRA always names its rank.
+    """
+    words = [row["method"]]
+    if row["method"] == "lora" or (row.get("rank") not in (None, DEFAULT_RANK) and row["method"] != "random-masking"):
+        words.append(f"r={row['rank']}")
+    mode = row.get("threshold_mode") or "relative"
+    if row.get("uses_ticket") and row.get("threshold") is not None and (row["threshold"] != DEFAULT_THRESHOLD
+                                                                          or mode != "relative"):
+        words.append(f"tau={row['threshold']:g}")
+    if row.get("uses_ticket") and mode != "relative":
+        words.append(mode)
+    if row.get("part") == "matched":
+        words.append("(matched)")
+    folder = row.get("folder") or ""
+    if folder.startswith("random-masking-r"):
+        words.append(f"(budget of lora r={folder.removeprefix('random-masking-r')})")
+    return " ".join(words)
 
 
 def load_setting_runs(setting: plan.Setting, runs: Path) -> SettingRuns:
+    """Read every part of ``setting`` under ``runs/<dataset>/`` that left something."""
     folder = runs / setting.dataset
     loaded = SettingRuns(setting=setting, metric="exact_match" if setting.dataset == "bbc-gen" else "accuracy")
     for part in setting.parts:
         command = folder / part / "command.txt"
         if command.is_file():
             loaded.commands[part] = command.read_text().strip()
-        if part == "tickets":
-            continue
-        # One compare writes <part>/results.json; a part of several compares, <part>/<name>/results.json.
-        outs = [folder / part] if (folder / part / "results.json").is_file() else \
-            sorted(p for p in (folder / part).glob("*") if p.is_dir() and (p / "results.json").is_file())
-        expected = len(command.read_text().strip().splitlines()) if command.is_file() else 1
-        rows = [row for out in outs for row in json.loads((out / "results.json").read_text())["results"]]
-        if len(outs) < expected:
-            # A part cut short: the runs it finished (compare --resume writes one file per run).
-            finished = sorted((folder / part).glob("**/partial/*.json"))
-            done = {(r["method"], r["seed"], r["rank"], r["threshold"]) for r in rows}
-            for file in finished:
-                row = {k: v for k, v in json.loads(file.read_text()).items() if k != "history"}
-                if (row["method"], row["seed"], row["rank"], row["threshold"]) not in done:
-                    rows.append(row)
-            if rows:
-                loaded.incomplete.append(part)
-        if rows:
-            loaded.results[part] = rows
-    tickets = folder / "tickets"
-    if tickets.is_dir():
-        for ticket_file in sorted(tickets.glob("*/ticket.json")):
-            method, shots, seed = ticket_file.parent.name.split("-")
-            loaded.tickets[(method, int(shots.removeprefix("shots")), int(seed.removeprefix("seed")))] = \
-                Ticket.load(ticket_file)
-    main_adapters = folder / "main" / "adapters"
-    if main_adapters.is_dir():
-        loaded.updates = update_magnitudes(main_adapters, base_norms(folder / "main"))
+        if part != "tickets":
+            _read_compare_part(loaded, folder / part, part)
+    for ticket_file in sorted((folder / "tickets").glob("*/ticket.json")):
+        method, shots, seed = ticket_file.parent.name.rsplit("-", 2)
+        loaded.tickets[(method, int(shots.removeprefix("shots")), int(seed.removeprefix("seed")))] = \
+            Ticket.load(ticket_file)
+    planned = loaded.commands.get("tickets", "").count("partial-lora ticket ")
+    if loaded.tickets and len(loaded.tickets) < planned:
+        loaded.incomplete.append("tickets")
+    loaded.main_tickets = main_tickets(folder / "main")
+    if (folder / "main" / "adapters").is_dir():
+        reported = [r for r in loaded.select("main") if r["method"] in ("lora", "partial-lora")]
+        loaded.updates = update_magnitudes(folder / "main" / "adapters", reported, base_norms(folder / "main"))
     return loaded
+
+
+def _compare_lines(part_folder: Path) -> dict[str, list[str]]:
+    """``{subfolder ("" for the part itself): compare argv}`` from the part's command.txt."""
+    command = part_folder / "command.txt"
+    found: dict[str, list[str]] = {}
+    if not command.is_file():
+        return found
+    for line in command.read_text().splitlines():
+        argv = shlex.split(line)[1:]
+        if argv[:1] == ["compare"] and "--out" in argv:
+            out = Path(argv[argv.index("--out") + 1])
+            found["" if out.name == part_folder.name else out.name] = argv
+    return found
+
+
+def _option(argv: list[str], name: str, default: str | None = None) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
+def _read_compare_part(loaded: SettingRuns, part_folder: Path, part: str) -> None:
+    lines = _compare_lines(part_folder)
+    subfolders = set(lines) | ({""} if (part_folder / "results.json").is_file() else set())
+    subfolders |= {p.name for p in part_folder.glob("*") if p.is_dir() and (p / "results.json").is_file()}
+    cut_short = False
+    for sub in sorted(subfolders):
+        out = part_folder / sub if sub else part_folder
+        if (out / "results.json").is_file():
+            document = json.loads((out / "results.json").read_text())
+            context = _context(loaded, part, sub, document["settings"])
+            rows = [_annotate(row, context) for row in document["results"]]
+            searches = [_search_record(search, context) for search in document.get("lr_search", [])]
+            if document.get("notes"):
+                loaded.notes.setdefault(part, []).extend(document["notes"])
+        elif (out / "partial").is_dir():
+            cut_short = True
+            rows, searches = _read_partial(loaded, part, sub, out, lines.get(sub, []))
+        else:
+            cut_short = cut_short or sub in lines  # planned, not started
+            continue
+        loaded.rows += rows
+        loaded.searches += searches
+    if cut_short and loaded.has(part):
+        loaded.incomplete.append(part)
+
+
+def _context(loaded: SettingRuns, part: str, sub: str, settings: dict[str, Any]) -> dict[str, Any]:
+    return {"task": loaded.setting.dataset, "part": part, "folder": sub,
+            "threshold_mode": settings.get("threshold_mode", "relative"), "budget": settings.get("budget")}
+
+
+def _annotate(row: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    row = {k: v for k, v in row.items() if k != "history"}
+    row.update(context)
+    row["label"] = configuration_label(row)
+    return row
+
+
+def _search_record(search: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    from partial_lora.methods import TICKET_METHODS
+
+    probe = {"method": search["method"], "rank": search["rank"], "threshold": search["threshold"],
+             "uses_ticket": search["method"] in TICKET_METHODS, **context}
+    metric = search["metric"]
+    return {"part": context["part"], "folder": context["folder"], "label": configuration_label(probe),
+            "method": search["method"], "rank": search["rank"], "threshold": search["threshold"],
+            "grid": list(search["lr_grid"]), "grid_base": list(search["lr_grid_base"]), "seeds": list(search["seeds"]),
+            "validation": {t["learning_rate"]: t[metric] for t in search["trials"]},
+            "selected": search["selected"], "selected_on": search["selected_on"], "complete": True}
+
+
+def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: list[str]
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Reported rows and searches of a compare cut short, from its ``partial/*.json``."""
+    context = {"task": loaded.setting.dataset, "part": part, "folder": sub,
+               "threshold_mode": _option(argv, "--threshold-mode", "relative"),
+               "budget": int(_option(argv, "--budget")) if _option(argv, "--budget") else None}
+    grid_base = [float(r) for r in _option(argv, "--lr-grid", "").split(",") if r]
+    seeds = [int(s) for s in _option(argv, "--seeds", "0").split(",")]
+    search_seeds = seeds[:int(_option(argv, "--lr-grid-seeds", "1"))]
+    validation_key = f"validation_{loaded.metric}"
+    rows, trials = [], {}
+    for file in sorted((out / "partial").glob("*.json")):
+        row = _annotate(json.loads(file.read_text()), context)
+        key = (row["method"], row["rank"], row["threshold"])
+        if row["seed"] in search_seeds:
+            trials.setdefault(key, {}).setdefault(row["learning_rate"], []).append(row[validation_key])
+        if row.get(loaded.metric) is not None:  # scored on test: its rate was selected on validation
+            grid = [method_learning_rate(row["method"], rate) for rate in grid_base] or [row["learning_rate"]]
+            row.update(lr_grid=grid, lr_selected_on="validation" if grid_base else "given")
+            rows.append(row)
+    searches = []
+    for (method, rank, threshold), by_rate in trials.items():
+        if not grid_base:
+            continue
+        grid = [method_learning_rate(method, rate) for rate in grid_base]
+        selected = {r["learning_rate"] for r in rows
+                    if (r["method"], r["rank"], r["threshold"]) == (method, rank, threshold)}
+        probe = {"method": method, "rank": rank, "threshold": threshold,
+                 "uses_ticket": threshold is not None, **context}
+        searches.append({"part": part, "folder": sub, "label": configuration_label(probe), "method": method,
+                         "rank": rank, "threshold": threshold, "grid": grid, "grid_base": grid_base,
+                         "seeds": search_seeds,
+                         "validation": {rate: statistics.fmean(v) for rate, v in sorted(by_rate.items())},
+                         "selected": next(iter(selected)) if len(selected) == 1 else None,
+                         "selected_on": "validation", "complete": len(by_rate) == len(grid)})
+    return rows, searches
 
 
 def main_tickets(runs_main: Path) -> list[Ticket]:
@@ -129,23 +280,29 @@ def base_norms(runs_main: Path) -> dict[str, float]:
     return {}
 
 
+def adapter_folder(adapters: Path, row: dict[str, Any]) -> Path:
+    """Where main's compare saved the adapter of a reported row (``<method>-seed<s>-lr<base rate>``)."""
+    return adapters / f"{row['method']}-seed{row['seed']}-lr{row['lr_base']:g}"
+
+
 def _delta_norm(a: torch.Tensor, b: torch.Tensor, scale: float) -> float:
     a = a.double().reshape(a.shape[0], -1)
     b = b.double().reshape(b.shape[0], -1)
     return float(scale * torch.linalg.matrix_norm(b @ a))
 
 
-def update_magnitudes(adapters: Path, norms: dict[str, float]) -> dict[str, dict[str, list[float]]]:
-    """Per method and layer, ``||Delta W||_F`` (relative to ``||W||_F`` when ``norms`` has it).
+def update_magnitudes(adapters: Path, rows: list[dict[str, Any]], norms: dict[str, float]
+                      ) -> dict[str, dict[str, list[float]]]:
+    """Per method and layer, ``||Delta W||_F`` of the reported rows' adapters (over ``||W||_F`` when known).
 
     Reads LoRA's PEFT folders (``lora_A``/``lora_B``, scaling ``lora_alpha / r``) and the
     Partial-LoRA-format folders (compact ``lora_A``/``lora_B``, scaling ``K^2 alpha / rank`` with
     the layer's keep compensation ``K``; the norm of the scattered update equals the compact
-    product's).
+    product's). Grid runs of rates that were not selected are not read.
     """
     found: dict[str, dict[str, list[float]]] = {}
-    for folder in sorted(p for p in adapters.iterdir() if p.is_dir()):
-        method = folder.name.rsplit("-seed", 1)[0]
+    for row in rows:
+        folder = adapter_folder(adapters, row)
         config_file, weights = folder / "adapter_config.json", folder / "adapter_model.safetensors"
         if not config_file.is_file() or not weights.is_file():
             continue
@@ -156,7 +313,7 @@ def update_magnitudes(adapters: Path, norms: dict[str, float]) -> dict[str, dict
                 layers = {n: (handle.get_tensor(f"adapters.{n}.lora_A"), handle.get_tensor(f"adapters.{n}.lora_B"),
                               info["alpha"] / info["rank"] * info.get("keep_multiplier", 1.0) ** 2)
                           for n, info in config["layers"].items()}
-            elif config.get("peft_type") in ("LORA",) and not config.get("use_dora"):
+            elif config.get("peft_type") == "LORA" and not config.get("use_dora"):
                 scale = config["lora_alpha"] / config["r"]
                 names = [k.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
                          for k in keys if k.endswith(".lora_A.weight")]
@@ -164,7 +321,7 @@ def update_magnitudes(adapters: Path, norms: dict[str, float]) -> dict[str, dict
                               handle.get_tensor(f"base_model.model.{n}.lora_B.weight"), scale) for n in names}
             else:
                 continue
-        per_layer = found.setdefault(method, {})
+        per_layer = found.setdefault(row["method"], {})
         for name, (a, b, scale) in layers.items():
             value = _delta_norm(a, b, scale)
             per_layer.setdefault(name, []).append(value / norms[name] if name in norms else value)

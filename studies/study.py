@@ -30,6 +30,7 @@ from .runs import adapter_budget, load_setting_runs, main_tickets, matched_rank
 
 DEFAULT_RUNS = Path("runs/study")
 DEFAULT_DOC = Path("docs/RESULTS.md")
+TICKET_SHOTS = {False: 16, True: 2}  # shots per class of the ticket-method comparison (full study, smoke)
 
 
 def part_commands(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequence[int], smoke: bool) -> list[list[str]]:
@@ -63,7 +64,7 @@ def part_commands(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequen
         return [compare(out / f"{method}-r{rank}", "--methods", method, "--rank", str(rank))
                 for method, rank in plan.RANK_SWEEP.items()]
     if part == "tickets":
-        default_shots = 2 if smoke else 16
+        default_shots = TICKET_SHOTS[smoke]
         jobs = [("svd", shots, seed) for shots in setting.shots for seed in seeds]
         jobs += [(method, default_shots, seed) for method in setting.ticket_methods if method != "svd" for seed in seeds]
         commands = []
@@ -197,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if parts is None or part in parts:
                     run_part(setting, part, args.runs, seeds=seeds, smoke=args.smoke, quiet=args.quiet)
     loaded = {name: load_setting_runs(catalogue[name], args.runs) for name in catalogue}
-    path = write_document(loaded, args.doc, smoke=args.smoke, invocation=_invocation(argv), runs_folder=args.runs)
+    path = write_document(loaded, args.doc, smoke=args.smoke, invocation=_invocation(argv), runs_folder=args.runs,
+                          ticket_shots=TICKET_SHOTS[args.smoke])
     print(f"[study] wrote {path}")
     return 0
 
