@@ -21,7 +21,7 @@ from partial_lora.cli import main
 from conftest import news_rows, write_csv
 
 # The smallest slice that still gives a meaningful ticket (the probe needs >= 2 shots per half).
-TINY = ["--train-per-class", "6", "--test-per-class", "2", "--epochs", "1", "--shots", "4",
+TINY = ["--train-per-class", "6", "--validation-per-class", "2", "--test-per-class", "2", "--epochs", "1", "--shots", "4",
         "--max-length", "16", "--quiet"]
 ROW_KEYS = ("method", "seed", "accuracy", "macro_f1", "trainable_params", "optimizer_state_bytes",
             "adapter_bytes", "train_seconds", "peak_rss_bytes")

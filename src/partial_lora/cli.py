@@ -26,6 +26,23 @@ class UsageError(Exception):
     """Bad input the user can fix; printed without a traceback, exit status 2."""
 
 
+def _number(kind: type, what: str) -> Callable[[str], Any]:
+    """A command-line (and YAML) parser of one ``int`` / ``float`` with a message saying what it wanted."""
+
+    def parse(text: str) -> Any:
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_int = _number(int, "a whole number")
+_float = _number(float, "a number (e.g. 0.9 or 2e-3)")
+
+
 def _int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in str(text).split(",") if part.strip()]
@@ -61,39 +78,39 @@ OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
     "out": (str, "output folder"),
     "overwrite": (None, "replace results already in --out"),
     "resume": (None, "continue an interrupted run from its last checkpoint"),
-    "train_per_class": (int, "training examples per class (a seeded sample; default: dataset's)"),
-    "validation_per_class": (int, "validation examples per class, carved from the training pool (default: dataset's)"),
-    "test_per_class": (int, "test examples per class (default: dataset's)"),
-    "validation_fraction": (float, "fraction of the training pool held out for validation when no "
+    "train_per_class": (_int, "training examples per class (a seeded sample; default: dataset's)"),
+    "validation_per_class": (_int, "validation examples per class, carved from the training pool (default: dataset's)"),
+    "test_per_class": (_int, "test examples per class (default: dataset's)"),
+    "validation_fraction": (_float, "fraction of the training pool held out for validation when no "
                                    "--validation-per-class is given (stratified, seeded; default 0.1)"),
-    "test_fraction": (float, "fraction held out for testing when no --test-per-class is given (stratified, seeded)"),
-    "max_length": (int, "maximum tokens per text (longer texts are truncated)"),
+    "test_fraction": (_float, "fraction held out for testing when no --test-per-class is given (stratified, seeded)"),
+    "max_length": (_int, "maximum tokens per text (longer texts are truncated)"),
     "ticket": (str, "use this ticket.json instead of deriving one"),
     "ticket_method": (str, "svd (default), snip, imp, uniform or svd-layerwise"),
-    "shots": (int, "few-shot examples per class for the ticket"),
-    "threshold": (float, "performance threshold tau in (0, 1]"),
+    "shots": (_int, "few-shot examples per class for the ticket"),
+    "threshold": (_float, "performance threshold tau in (0, 1] (for --ticket-method uniform: the keep ratio)"),
     "threshold_mode": (str, "relative (above chance, default) or absolute (metric >= tau * baseline)"),
     "metric": (str, "accuracy, macro_f1, exact_match or neg_loss (default: dataset's)"),
     "method": (str, f"one of {', '.join(METHODS)}"),
     "methods": (_str_list, "comma-separated methods to compare"),
-    "rank": (int, "adapter rank r"),
-    "alpha": (float, "LoRA alpha (default 2 * rank)"),
+    "rank": (_int, "adapter rank r"),
+    "alpha": (_float, "LoRA alpha (default 2 * rank)"),
     "target_modules": (_targets, "comma-separated name suffixes, a regex, or all-linear"),
     "modules_to_save": (_str_list, "comma-separated modules trained in full (e.g. classifier)"),
-    "budget": (int, "total trainable-parameter budget for the adapters (rescales the ticket)"),
-    "seed": (int, "seed"),
+    "budget": (_int, "total trainable-parameter budget for the adapters (rescales the ticket)"),
+    "seed": (_int, "seed"),
     "seeds": (_int_list, "comma-separated seeds, e.g. 0,1,2"),
-    "epochs": (int, "training epochs"),
-    "learning_rate": (float, "peak learning rate (in LoRA's units: full fine-tuning trains at x0.05, VeRA and "
+    "epochs": (_int, "training epochs"),
+    "learning_rate": (_float, "peak learning rate (in LoRA's units: full fine-tuning trains at x0.05, VeRA and "
                              "random masking at x10)"),
     "lr_grid": (_float_list, "comma-separated learning rates to choose from per method, on validation "
                              "(e.g. 1e-3,2e-3,5e-3,1e-2); replaces --learning-rate"),
-    "lr_grid_seeds": (int, "how many of the first seeds train at every rate of --lr-grid (default 1)"),
-    "batch_size": (int, "batch size"),
-    "weight_decay": (float, "AdamW weight decay"),
-    "warmup_ratio": (float, "fraction of steps for linear warm-up"),
-    "max_grad_norm": (float, "gradient clipping norm"),
-    "checkpoint_every": (int, "steps between checkpoints"),
+    "lr_grid_seeds": (_int, "how many of the first seeds train at every rate of --lr-grid (default 1)"),
+    "batch_size": (_int, "batch size"),
+    "weight_decay": (_float, "AdamW weight decay"),
+    "warmup_ratio": (_float, "fraction of steps for linear warm-up"),
+    "max_grad_norm": (_float, "gradient clipping norm"),
+    "checkpoint_every": (_int, "steps between checkpoints"),
     "thresholds": (_float_list, "comma-separated thresholds to sweep, e.g. 0.7,0.8,0.9"),
     "ranks": (_int_list, "comma-separated ranks to sweep, e.g. 4,8,16"),
 }
@@ -152,13 +169,20 @@ def _version() -> str:
 
 
 def read_yaml_config(path: str, allowed: Sequence[str]) -> dict[str, Any]:
-    """Options from a YAML file, keys normalised to field names; unknown keys are an error."""
+    """Options from a YAML file, parsed exactly as the same flags on the command line.
+
+    Keys are option names (``-`` or ``_``); unknown keys are an error. A flag (``overwrite``,
+    ``resume``) takes a YAML boolean (``true`` / ``false``); every other option takes what the
+    flag takes, written as a YAML scalar (a number or a string: ``learning_rate: 1e-3`` is the
+    same as ``--learning-rate 1e-3``) or, for comma-separated options (``methods``, ``seeds``,
+    ``target_modules``...), a YAML list. Anything else is an error naming the key.
+    """
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"--config {path}: no such file")
     try:
         values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise UsageError(f"--config {path} is not valid YAML: {err}") from None
     if not isinstance(values, dict):
         raise UsageError(f"--config {path} must hold a mapping of option: value")
@@ -166,14 +190,37 @@ def read_yaml_config(path: str, allowed: Sequence[str]) -> dict[str, Any]:
     unknown = sorted(set(normalised) - set(allowed))
     if unknown:
         raise UsageError(f"--config {path}: unknown option(s) {unknown}; this command accepts {sorted(allowed)}")
-    if isinstance(normalised.get("methods"), str):
-        normalised["methods"] = _str_list(normalised["methods"])
-    for key in ("seeds", "ranks"):
-        if isinstance(normalised.get(key), (str, int)):
-            normalised[key] = _int_list(str(normalised[key]))
-    if isinstance(normalised.get("thresholds"), (str, float)):
-        normalised["thresholds"] = _float_list(str(normalised["thresholds"]))
-    return normalised
+    return {key: _yaml_value(path, key, value) for key, value in normalised.items()}
+
+
+LIST_OPTIONS = {name for name, (kind, _) in OPTIONS.items() if kind in (_str_list, _int_list, _float_list, _targets)}
+
+
+def _yaml_value(path: str, key: str, value: Any) -> Any:
+    """One YAML value through the option's own command-line parser."""
+    kind = OPTIONS[key][0]
+    where = f"--config {path}: {key}"
+    if kind is None:  # a flag
+        if not isinstance(value, bool):
+            raise UsageError(f"{where}: expected true or false, got {value!r} ({type(value).__name__}); write "
+                             f"{key}: true, or leave it out")
+        return value
+    if value is None:
+        raise UsageError(f"{where} has no value; give one, or leave the key out")
+    if isinstance(value, bool) or isinstance(value, dict):
+        raise UsageError(f"{where}: got {value!r} ({type(value).__name__}); expected what --{key.replace('_', '-')} takes")
+    if isinstance(value, list):
+        if key not in LIST_OPTIONS:
+            raise UsageError(f"{where}: got a list ({value!r}); --{key.replace('_', '-')} takes one value")
+        if not value or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+            raise UsageError(f"{where}: expected a non-empty list of plain values, got {value!r}")
+        text = ",".join(str(v) for v in value)
+    else:
+        text = str(value)
+    try:
+        return kind(text)
+    except (argparse.ArgumentTypeError, ValueError) as err:
+        raise UsageError(f"{where}: {err}") from None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
@@ -193,6 +240,48 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         raise UsageError(str(err)) from None
 
 
+def expected_failure(err: BaseException) -> str | None:
+    """The one-line message for a failure the user can fix, or None for a bug (shown as a traceback).
+
+    Bad input (:class:`UsageError`, ``ValueError`` and its damaged-file errors), missing or
+    unwritable files and folders (``OSError``: no space left, read-only, a file where a folder
+    is expected), damaged safetensors files, and a run that diverged.
+    """
+    from .training import CheckpointError, TrainingDiverged
+
+    if isinstance(err, CheckpointError):
+        return (f"{err} (from the command line: --resume continues from the last whole checkpoint, "
+                "--overwrite starts the run over)")
+    if isinstance(err, TrainingDiverged):
+        return (f"training diverged: {err}. Lower the learning rate (--learning-rate / --lr-grid) or the clipping "
+                "norm (--max-grad-norm), and check the data; --resume would only repeat it")
+    if isinstance(err, (UsageError, ValueError)):
+        return str(err)
+    if isinstance(err, OSError):
+        return _os_error(err)
+    if type(err).__name__ == "SafetensorError":
+        return f"a safetensors file is damaged or incomplete ({err}); restore or re-create it"
+    return None
+
+
+def _os_error(err: OSError) -> str:
+    import errno
+
+    where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+    hints = {
+        errno.ENOSPC: "no space left on the device; free some space or choose another --out",
+        errno.EACCES: "permission denied; choose a folder you can write (--out) and files you can read",
+        errno.EPERM: "operation not permitted; choose a folder you can write (--out)",
+        errno.EROFS: "the file system is read-only; choose another --out",
+        errno.ENOTDIR: "a file stands where a folder is expected; remove it or choose another path",
+        errno.EISDIR: "a folder stands where a file is expected; give a file",
+        errno.ENOENT: "no such file or folder; check the path",
+    }
+    hint = hints.get(err.errno, err.strerror or "the operating system refused the operation")
+    detail = f"{err}" if isinstance(err, (FileNotFoundError, FileExistsError)) and not err.filename else hint + where
+    return detail
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -205,11 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import commands
 
         return int(getattr(commands, f"{args.command}_command")(settings, args) or 0)
-    except UsageError as err:
-        print(f"partial-lora {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
-        print(f"partial-lora {args.command}: error: {err}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 - expected failures become one message; others re-raise
+        message = expected_failure(err)
+        if message is None:
+            raise
+        print(f"partial-lora {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

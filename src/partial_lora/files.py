@@ -79,6 +79,7 @@ def atomic_save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.Path
     temporary = _temporary_beside(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temporary, metadata=metadata)
+        os.chmod(temporary, 0o666 & ~_umask())  # safetensors re-creates the file with mode 0600
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         digest = file_sha256(temporary)
@@ -88,6 +89,17 @@ def atomic_save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.Path
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def give_default_modes(folder: str | os.PathLike) -> None:
+    """Give every file under ``folder`` the mode a plain write would (``0o666 & ~umask``; folders
+    ``0o777 & ~umask``): for what other libraries write there (safetensors' ``save_file``, as PEFT
+    and transformers call it, creates files with mode 0600)."""
+    mask = _umask()
+    for path in [Path(folder), *Path(folder).rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

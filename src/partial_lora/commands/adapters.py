@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from .. import adapter_files
+from ..files import give_default_modes
 from ..peft_interop import export_peft
 from ..surgery import merge
-from .output import check_out, prepare_out
+from .output import Output
 from .settings import Settings, resolve
 from .task import Task, build_task
 
@@ -38,22 +39,26 @@ def eval_command(settings: Settings, args: Any) -> int:
 
 
 def export_command(settings: Settings, args: Any) -> int:
-    check_out(settings)
+    output = Output(settings)
+    output.check()
     _, base, _ = _base_for_adapter(settings, Path(args.adapter))
     model = adapter_files.load(base, args.adapter)
-    out = prepare_out(settings)
-    export_peft(model, out)
+    export_peft(model, output.open())
+    out = output.commit()
     print(f"wrote a PEFT LoRA folder to {out}")
     return 0
 
 
 def merge_command(settings: Settings, args: Any) -> int:
-    check_out(settings)
+    output = Output(settings)
+    output.check()
     task, base, _ = _base_for_adapter(settings, Path(args.adapter))
     model = merge(adapter_files.load(base, args.adapter))
-    out = prepare_out(settings)
-    model.save_pretrained(out, safe_serialization=True)
+    work = output.open()
+    model.save_pretrained(work, safe_serialization=True)
     if task.tokenizer is not None:
-        task.tokenizer.save_pretrained(out)
+        task.tokenizer.save_pretrained(work)
+    give_default_modes(work)
+    out = output.commit()
     print(f"wrote the merged model to {out}")
     return 0

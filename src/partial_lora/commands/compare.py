@@ -14,7 +14,8 @@ from typing import Any
 from ..methods import SIZED_BY_TICKET, TICKET_METHODS, MethodNotApplicable, method_learning_rate
 from ..ticket import Ticket, plot_keep_ratios
 from . import report
-from .output import check_out, prepare_out
+from .fingerprint import check_resumed, run_record, write_record
+from .output import Output
 from .runs import check_input, derive_ticket, say, train_method
 from .settings import Settings, resolve
 from .task import Task, build_task
@@ -23,21 +24,26 @@ from .task import Task, build_task
 def run_command(settings: Settings, args: Any) -> int:
     """Ticket, then every method in ``settings.methods`` for every seed; results and report."""
     settings = resolve(settings)
-    return _compare(settings, title="Partial-LoRA vs LoRA", verdict_for_run=True)
+    return _compare(settings, command="run", title="Partial-LoRA vs LoRA", verdict_for_run=True)
 
 
 def compare_command(settings: Settings, args: Any) -> int:
     settings = resolve(settings)
-    return _compare(settings, title="Method comparison", verdict_for_run=False)
+    return _compare(settings, command="compare", title="Method comparison", verdict_for_run=False)
 
 
-def _compare(settings: Settings, *, title: str, verdict_for_run: bool) -> int:
-    check_out(settings)
+def _compare(settings: Settings, *, command: str, title: str, verdict_for_run: bool) -> int:
+    output = Output(settings)
+    output.check()
     started = time.perf_counter()
     task = build_task(settings)
     base = task.new_model()  # loads the tokenizer once, and fails early on a bad --model
-    check_input(task, settings, base, ticket=any(m in (*TICKET_METHODS, *SIZED_BY_TICKET) for m in settings.methods))
-    out = prepare_out(settings)
+    check_input(task, settings, base, methods=settings.methods)
+    record = run_record(command, settings, task)
+    out = output.open()
+    if settings.resume:
+        check_resumed(out, record)
+    write_record(out, record)
     say(settings, f"{settings.dataset}: {len(task.train)} training / {len(task.validation)} validation / "
                   f"{len(task.test)} test examples, {len(task.label_names)} classes; model {settings.model}")
     thresholds = settings.thresholds or [settings.threshold]
@@ -82,6 +88,7 @@ def _compare(settings: Settings, *, title: str, verdict_for_run: bool) -> int:
     report.write_results(out, document)
     report.write_report(out, title=title, settings=_settings_summary(settings, task), table=table,
                         comparisons=report.comparison_table(comparisons), verdict=verdict, plots=plots, notes=notes)
+    out = output.commit()
     print("\n" + table + "\n")
     if comparisons:
         print(report.comparison_table(comparisons) + "\n")

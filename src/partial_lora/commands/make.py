@@ -8,7 +8,8 @@ from typing import Any
 from ..methods import SIZED_BY_TICKET, TICKET_METHODS
 from ..ticket import Ticket, plot_keep_ratios, ticket_overlap
 from . import report
-from .output import check_out, prepare_out
+from .fingerprint import check_resumed, run_record, write_record
+from .output import Output
 from .runs import check_input, derive_ticket, train_method
 from .settings import Settings, resolve
 from .task import build_task
@@ -21,13 +22,15 @@ def ticket_command(settings: Settings, args: Any) -> int:
         print(json.dumps(overlap, indent=2, default=float))
         return 0
     settings = resolve(settings)
-    check_out(settings)
+    output = Output(settings)
+    output.check()
     task = build_task(settings)
-    check_input(task, settings, task.new_model(), ticket=True)
-    out = prepare_out(settings)
+    check_input(task, settings, task.new_model(), methods=[], derives_ticket=True)
+    out = output.open()
     ticket = derive_ticket(task, settings, seed=settings.seed)
     ticket.save(out / "ticket.json")
     plot_keep_ratios(ticket, out / "keep_ratios.png")
+    out = output.commit()
     for name, ratio in ticket.keep_ratios().items():
         print(f"{name:60s} {ratio:.3f}")
     print(f"wrote {out / 'ticket.json'} and {out / 'keep_ratios.png'}")
@@ -36,11 +39,17 @@ def ticket_command(settings: Settings, args: Any) -> int:
 
 def train_command(settings: Settings, args: Any) -> int:
     settings = resolve(settings)
-    check_out(settings)
+    output = Output(settings)
+    output.check()
     task = build_task(settings)
-    check_input(task, settings, task.new_model(), ticket=settings.method in (*TICKET_METHODS, *SIZED_BY_TICKET))
-    out = prepare_out(settings)
-    ticket = derive_ticket(task, settings, seed=settings.seed) if settings.method in (*TICKET_METHODS, *SIZED_BY_TICKET) else None
+    needs_ticket = settings.method in (*TICKET_METHODS, *SIZED_BY_TICKET)
+    check_input(task, settings, task.new_model(), methods=[settings.method])
+    record = run_record("train", settings, task)
+    out = output.open()
+    if settings.resume:
+        check_resumed(out, record)
+    write_record(out, record)
+    ticket = derive_ticket(task, settings, seed=settings.seed) if needs_ticket else None
     if ticket is not None:
         ticket.save(out / "ticket.json")
     row = train_method(task, settings, method=settings.method, seed=settings.seed, rank=settings.rank,
@@ -48,5 +57,6 @@ def train_command(settings: Settings, args: Any) -> int:
                        score_test=True)
     report.write_results(out, {"results": [{k: v for k, v in row.items() if k != "history"}],
                                "settings": settings.to_dict()})
-    print(json.dumps({k: v for k, v in row.items() if k != "history"}, indent=2, default=str))
+    output.commit()
+    print(json.dumps({k: v for k, v in row.items() if k not in ("history", "test_correct")}, indent=2, default=str))
     return 0

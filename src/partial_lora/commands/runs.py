@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..files import atomic_write_bytes
-from ..methods import INIT_BATCHES, TICKET_METHODS, build_method, method_learning_rate, save_method
+from ..methods import INIT_BATCHES, SIZED_BY_TICKET, TICKET_METHODS, build_method, method_learning_rate, save_method
 from ..statistics import correctness_text
+from ..layer import base_shape
+from ..naming import matches
 from ..surgery import find_target_modules, trainable_parameters
 from ..ticket import Ticket, find_ticket
 from ..training import TrainingConfig, train
@@ -24,21 +27,39 @@ from .settings import Settings
 from .task import Task
 
 
-def check_input(task: Task, settings: Settings, base: torch.nn.Module, *, ticket: bool) -> None:
+def check_input(task: Task, settings: Settings, base: torch.nn.Module, *, methods: list[str],
+                derives_ticket: bool = False) -> None:
     """Fail on bad input before anything in ``--out`` is written or replaced.
 
-    Checks what would otherwise fail only after earlier results were replaced or part of the
-    work was written: a ``--ticket`` file that does not load, target patterns that match no
-    layer of ``base``, schedule values the training loop refuses, a class with fewer training
-    examples than ``--shots`` (when a ticket is derived), a ``--max-length`` the model cannot
-    take. Cheap: one example is batched.
+    Everything that can be checked before training is: a ``--ticket`` that does not load or was
+    made for another model, target patterns or ``--modules-to-save`` that match no layer of
+    ``base``, a ``--budget`` below the smallest possible adapter, schedule values the training
+    loop refuses, an AdaLoRA schedule too short for its rank allocation, too few shots (per
+    class, and at least 2 where a new head is scored by cross-fitted probes), a ``--max-length``
+    beyond what the model or its tokenizer takes, a causal-LM task on a model that cannot
+    generate. Cheap: one example of each split is batched.
     """
+    ticket = derives_ticket or any(m in (*TICKET_METHODS, *SIZED_BY_TICKET) for m in methods)
+    targets = find_target_modules(base, settings.target_modules, modules_to_save=settings.modules_to_save or [])
+    _check_saved_modules(base, settings.modules_to_save or [])
     if settings.ticket:
-        Ticket.load(settings.ticket)
+        _check_ticket_fits(Ticket.load(settings.ticket), targets, settings.ticket)
     elif ticket:
+        if settings.ticket_method != "uniform" and task.kind != "causal-lm" and settings.shots < 2:
+            raise ValueError(f"--shots {settings.shots}: the ticket scores the new head with linear probes "
+                             "cross-fitted on two halves of the shots; give --shots 2 or more")
         for seed in settings.seeds:
             task.shots(seed)
-    find_target_modules(base, settings.target_modules, modules_to_save=settings.modules_to_save or [])
+    if settings.budget is not None and any(m in TICKET_METHODS for m in methods):
+        floor = 2 * settings.rank * len(targets)
+        if settings.budget < floor:
+            raise ValueError(f"--budget {settings.budget} is below the smallest possible adapter ({floor} parameters: "
+                             f"one row and one column per layer at rank {settings.rank}); raise it or lower --rank")
+    steps = math.ceil(len(task.train) / settings.batch_size) * settings.epochs
+    if {"adalora", "partial-adalora"} & set(methods) and steps < 2:
+        raise ValueError(f"AdaLoRA's rank allocation needs at least 2 optimizer steps; this run has {steps} "
+                         f"({len(task.train)} training examples, batch {settings.batch_size}, {settings.epochs} "
+                         "epoch(s)); raise --epochs or lower --batch-size")
     for seed in settings.seeds:
         for rate in settings.lr_grid or [settings.learning_rate]:
             TrainingConfig(
@@ -46,8 +67,38 @@ def check_input(task: Task, settings: Settings, base: torch.nn.Module, *, ticket
                 warmup_ratio=settings.warmup_ratio, max_grad_norm=settings.max_grad_norm,
                 checkpoint_every=settings.checkpoint_every, seed=seed, output_dir=settings.out,
             )
+    limit = getattr(getattr(base, "config", None), "max_position_embeddings", None)
+    if settings.max_length is not None and isinstance(limit, int) and settings.max_length > limit:
+        raise ValueError(f"--max-length {settings.max_length} exceeds the model's maximum of {limit} tokens "
+                         f"(its max_position_embeddings); use at most {limit}")
+    if task.kind == "causal-lm" and not (callable(getattr(base, "can_generate", None)) and base.can_generate()):
+        raise ValueError(f"--task causal-lm needs a model that generates text; {settings.model} "
+                         f"({type(base).__name__}) does not. Use a causal language model, or --task classification")
     task.batches(task.test.subset([0]), shuffle=False, seed=0)
     task.batches(task.validation.subset([0]), shuffle=False, seed=0)
+
+
+def _check_saved_modules(base: torch.nn.Module, names: list[str]) -> None:
+    """Every ``--modules-to-save`` entry names a module of ``base``."""
+    modules = [n for n, _ in base.named_modules() if n]
+    for name in names:
+        if not any(matches(module, [name]) for module in modules):
+            heads = [n for n in modules if n.split(".")[-1] in ("classifier", "score", "lm_head", "fc", "_fc", "head")]
+            raise ValueError(f"--modules-to-save {name}: the model has no module named so; give the name (or last "
+                             f"part) of the module to train in full{f', e.g. {heads[0]}' if heads else ''}")
+
+
+def _check_ticket_fits(ticket: Ticket, targets: dict[str, torch.nn.Module], path: str) -> None:
+    """The ``--ticket``'s layers are target layers of this model with the shapes it recorded."""
+    for name, layer in ticket.layers.items():
+        module = targets.get(name)
+        if module is None:
+            raise ValueError(f"--ticket {path} has a keep ratio for {name!r}, which is not a target layer of this "
+                             f"model (targets: {', '.join(list(targets)[:3])} ...); derive the ticket for this model "
+                             "and --target-modules")
+        if tuple(layer.shape) != base_shape(module):
+            raise ValueError(f"--ticket {path}: layer {name!r} is {tuple(layer.shape)} in the ticket but "
+                             f"{base_shape(module)} in this model; the ticket was made for another model")
 
 
 def say(settings: Settings, text: str) -> None:
@@ -71,6 +122,7 @@ def derive_ticket(task: Task, settings: Settings, *, seed: int, threshold: float
     return find_ticket(
         model, batches, target_modules=settings.target_modules, method=settings.ticket_method,
         threshold=threshold or settings.threshold, threshold_mode=settings.threshold_mode,
+        ratio=(threshold or settings.threshold) if settings.ticket_method == "uniform" else None,
         metric=ticket_metric(task, settings), seed=seed, progress=settings.progress,
         model_name=settings.model, data_fingerprint=shots.fingerprint(), shots=settings.shots,
     )
@@ -129,7 +181,9 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
                       f"trainable parameters, {total_steps} steps")
     outcome = train(
         model, train_batches, config, eval_batches=(), evaluate=task.evaluator("validation"),
-        resume=(finished is not None or settings.resume) and checkpoints.exists(),
+        # A run continued (or re-opened to be scored) goes on from its last whole checkpoint, or
+        # starts over if it has none (a kill during its first checkpoint leaves none).
+        resume="auto" if finished is not None or settings.resume else False,
         extra_loss=hooks.extra_loss, callbacks=hooks.callbacks,
     )
     adapter = out / "adapters" / label

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from ..checks import is_int, is_number
+from ..checks import invalid, is_int, is_number
 from ..methods import METHODS
 from ..data import PACKAGED as PACKAGED_DATASETS
 from ..ticket.metrics import BUILTIN as TICKET_METRICS
@@ -94,9 +94,10 @@ class Settings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        def fail(name: str, allowed: str) -> None:
-            raise ValueError(f"{name}={getattr(self, name)!r} is invalid: {allowed}")
+        def fail(name: str, allowed: str) -> NoReturn:
+            invalid(name, getattr(self, name), allowed)
 
+        self._check_types()
         if not (0 < self.threshold <= 1):
             fail("threshold", "a threshold lies in (0, 1], e.g. 0.9")
         if self.threshold_mode not in ("relative", "absolute"):
@@ -109,8 +110,8 @@ class Settings:
             fail("alpha", "a positive number (LoRA's scaling is alpha / rank)")
         if self.ticket_method not in TICKET_EXTRACTION_METHODS:
             fail("ticket_method", f"choose one of {', '.join(TICKET_EXTRACTION_METHODS)}")
-        if self.seed < 0 or any(not isinstance(s, int) or s < 0 for s in self.seeds):
-            raise ValueError(f"seeds must be integers >= 0, got seed={self.seed!r}, seeds={self.seeds!r}")
+        if not 0 <= self.seed < MAX_SEED or not self.seeds or any(not 0 <= s < MAX_SEED for s in self.seeds):
+            raise ValueError(f"seeds must be whole numbers in [0, 2**32), got seed={self.seed!r}, seeds={self.seeds!r}")
         if self.method not in METHODS:
             fail("method", f"choose one of {', '.join(METHODS)}")
         if not self.methods:
@@ -143,8 +144,54 @@ class Settings:
         if self.ranks is not None and not all(isinstance(r, int) and r > 0 for r in self.ranks):
             fail("ranks", "positive integers")
 
+    def _check_types(self) -> None:
+        """Every field holds its declared kind (numbers finite), or ``ValueError`` naming it."""
+        for spec in fields(self):
+            value, kind = getattr(self, spec.name), FIELD_KINDS.get(spec.name)
+            if kind is None or (value is None and spec.name in OPTIONAL_FIELDS):
+                continue
+            if not _is_kind(value, kind):
+                invalid(spec.name, value, f"expected {KIND_NAMES[kind]}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+MAX_SEED = 2**32  # numpy and accelerate seed generators take 32-bit seeds
+KIND_NAMES = {"str": "a text", "int": "a whole number", "float": "a finite number", "bool": "true or false",
+              "strs": "a list of texts", "ints": "a list of whole numbers", "floats": "a list of finite numbers",
+              "targets": "a list of module name suffixes or one regular expression"}
+# The kind of every field (checked on creation: the CLI and YAML parse values, the Python API may not).
+FIELD_KINDS = {
+    "dataset": "str", "model": "str", "task": "str", "text_column": "str", "label_column": "str", "out": "str",
+    "overwrite": "bool", "resume": "bool", "progress": "bool",
+    "train_per_class": "int", "validation_per_class": "int", "test_per_class": "int",
+    "validation_fraction": "float", "test_fraction": "float", "max_length": "int",
+    "ticket": "str", "ticket_method": "str", "shots": "int", "threshold": "float", "threshold_mode": "str",
+    "metric": "str", "method": "str", "methods": "strs", "rank": "int", "alpha": "float",
+    "target_modules": "targets", "modules_to_save": "strs", "budget": "int", "seed": "int", "seeds": "ints",
+    "epochs": "int", "learning_rate": "float", "lr_grid": "floats", "lr_grid_seeds": "int", "batch_size": "int",
+    "weight_decay": "float", "warmup_ratio": "float", "max_grad_norm": "float", "checkpoint_every": "int",
+    "thresholds": "floats", "ranks": "ints",
+}
+OPTIONAL_FIELDS = {"model", "task", "train_per_class", "validation_per_class", "test_per_class", "max_length",
+                   "ticket", "metric", "alpha", "target_modules", "modules_to_save", "budget", "epochs",
+                   "learning_rate", "lr_grid", "batch_size", "thresholds", "ranks"}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return is_int(value)
+    if kind == "float":
+        return is_number(value)
+    if kind == "targets":
+        return isinstance(value, str) or _is_kind(value, "strs")
+    item = {"strs": "str", "ints": "int", "floats": "float"}[kind]
+    return isinstance(value, (list, tuple)) and all(_is_kind(v, item) for v in value)
 
 
 def field_names() -> list[str]:

@@ -1,0 +1,70 @@
+"""What a run was started with, so ``--resume`` continues only the same run.
+
+``run.json`` in the run's folder records the settings that shape what is trained (everything
+but where it goes and how it is shown) and a fingerprint of each data split's contents.
+``--resume`` compares them with the new command's and refuses, naming every difference;
+settings that only add runs (more seeds, methods, thresholds or ranks) may change.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_write_json
+from .settings import Settings
+from .task import SPLITS, Task
+
+RUN_FILE = "run.json"
+# Settings that neither shape a trained model nor its data: they may differ on --resume.
+FREE_SETTINGS = ("out", "overwrite", "resume", "progress", "checkpoint_every")
+# Settings that only add runs to a comparison: a resumed compare may extend them.
+EXTENDING_SETTINGS = ("methods", "seeds", "thresholds", "ranks")
+
+
+def run_record(command: str, settings: Settings, task: Task) -> dict[str, Any]:
+    """``{command, settings, data}`` of a run (JSON-able)."""
+    shaping = {k: v for k, v in settings.to_dict().items() if k not in FREE_SETTINGS}
+    return {"command": command, "settings": shaping,
+            "data": {split: task.split(split).fingerprint() for split in SPLITS}}
+
+
+def check_resumed(folder: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume a run started with other settings or data (``ValueError`` naming them).
+
+    A folder without ``run.json`` (written before it existed) is resumed unchecked.
+    """
+    path = folder / RUN_FILE
+    if not path.is_file():
+        return
+    try:
+        then = json.loads(path.read_text(encoding="utf-8"))
+        assert isinstance(then, dict) and isinstance(then.get("settings"), dict) and isinstance(then.get("data"), dict)
+    except (ValueError, AssertionError):
+        raise ValueError(f"{path} is damaged; pass --overwrite to start the run over") from None
+    changes = []
+    if then.get("command") != record["command"]:
+        changes.append(f"the command ({then.get('command')} then, {record['command']} now)")
+    for key, value in record["settings"].items():
+        before = then["settings"].get(key)
+        if key in EXTENDING_SETTINGS or before == _jsonable(value):
+            continue
+        changes.append(f"{key} ({before!r} then, {value!r} now)")
+    for split, digest in record["data"].items():
+        if then["data"].get(split) != digest:
+            changes.append(f"the {split} split's contents (the dataset or its split sizes changed)")
+    if changes:
+        raise ValueError(
+            f"--resume: the run in {folder} was started with other settings or data: {'; '.join(changes)}. Resume "
+            "with the settings it was started with, or pass --overwrite to start a new run (what --out holds stays "
+            "until it has finished)"
+        )
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> None:
+    atomic_write_json(folder / RUN_FILE, record, default=str)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
