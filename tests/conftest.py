@@ -23,6 +23,7 @@ from fixtures import (  # noqa: E402,F401  (re-exported: tests import them from 
     small_mlp,
     tiny_bert,
     tiny_deberta,
+    tiny_gpt2,
     tiny_llama,
     tiny_vit,
     token_batch,

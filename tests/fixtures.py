@@ -57,6 +57,16 @@ def tiny_deberta(num_labels: int = 3, seed: int = 0):
     return DebertaV2ForSequenceClassification(config).eval()
 
 
+def tiny_gpt2(seed: int = 0):
+    """A GPT-2 LM: its attention and MLP layers are transformers' ``Conv1D`` (weight ``[in, out]``)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=2, n_inner=64,
+                        bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config).eval()
+
+
 def token_batch(batch: int = 2, length: int = 7, vocab: int = 100, seed: int = 0) -> dict:
     generator = torch.Generator().manual_seed(seed)
     return {"input_ids": torch.randint(0, vocab, (batch, length), generator=generator)}

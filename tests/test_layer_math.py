@@ -179,3 +179,15 @@ def test_keep_compensation_under_adam_is_the_plain_layer_at_k_times_the_learning
     torch.testing.assert_close(compensated(x), plain(x), rtol=0, atol=1e-9)
     torch.testing.assert_close(compensated.delta_weight(), plain.delta_weight(), rtol=0, atol=1e-9)
     assert plain.delta_weight().abs().max() > 1e-2  # it did train
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_an_exact_linear_layer_still_takes_the_fused_kernel(dtype):
+    """The fused kernel is what the float32 numbers of past runs came from; only exact nn.Linear
+    layers with one dtype throughout take it."""
+    layer = make_layer(nn.Linear(16, 12).to(dtype), 0.5)
+    assert not layer.own_forward and layer.lora_A.dtype == dtype
+    y = layer(torch.randn(3, 16, dtype=dtype))
+    assert type(y.grad_fn).__name__ == "FusedPartialLinearBackward"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert type(layer(torch.randn(3, 16, dtype=dtype)).grad_fn).__name__ != "FusedPartialLinearBackward"

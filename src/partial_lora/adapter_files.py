@@ -6,9 +6,11 @@ A folder holds two files:
   ``.lora_B`` ``[|R|, r]``, ``.lora_rows`` and ``.lora_columns`` (``int32``; left out when the
   layer keeps every row, or every column), and for every module trained in full
   ``modules_to_save.<module>.<tensor>``.
-* ``adapter_config.json``: the config, every layer's kind, shape, rank and kept counts, a
-  fingerprint of the base layers' shapes, a checksum of the base weights, and the sha256 of
-  the tensor file (so a half-written pair is detected).
+* ``adapter_config.json``: the config, every layer's kind (weight layout: ``linear``,
+  ``conv1x1``, ``transposed_linear``), base class name, shape, rank, kept counts and adapter
+  dtype, a fingerprint of the base layers' shapes, a checksum of the base weights, and the
+  sha256 of the tensor file (so a half-written pair is detected). Files written before the
+  class name was recorded hold only exact ``nn.Linear`` / ``nn.Conv2d`` layers.
 
 :func:`load` puts an adapter into a fresh base model; :func:`load_weights` copies a saved
 adapter's tensors into a model that already carries the same adapters (resuming training).
@@ -44,7 +46,16 @@ from .files import (
     read_tensors,
     sign,
 )
-from .layer import MAX_KEEP_MULTIPLIER, PartialLoraLayer, base_shape, is_supported
+from .layer import (
+    CONV1X1,
+    KINDS,
+    LINEAR,
+    MAX_KEEP_MULTIPLIER,
+    PartialLoraLayer,
+    base_shape,
+    layer_kind,
+    unsupported_reason,
+)
 from .naming import model_name_or_path
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
@@ -57,6 +68,8 @@ FORMAT = "partial-lora"
 FORMAT_VERSION = 2
 # Version 1 (partial-lora 0.1) had no keep compensation: its layers load with multiplier 1.
 READABLE_VERSIONS = (1, 2)
+# The base class of a layer in a file that does not record one (what partial-lora adapted then).
+CLASS_OF_OLD_KINDS = {LINEAR: "Linear", CONV1X1: "Conv2d"}
 
 
 class AdapterFileError(DamagedFileError):
@@ -91,7 +104,8 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
         if not layer.all_columns:
             tensors[f"adapters.{name}.lora_columns"] = layer.lora_columns.to(torch.int32)
         layer_info[name] = {
-            "kind": "conv1x1" if layer.is_conv else "linear",
+            "kind": layer.kind,
+            "base_class": layer.base_class,
             "shape": [layer.out_features, layer.in_features],
             "rank": layer.r,
             "alpha": layer.alpha,
@@ -206,7 +220,8 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 def _check_layer_info(config_path: Path, name: str, info: Any) -> None:
     ok = (
         isinstance(info, dict)
-        and info.get("kind") in ("linear", "conv1x1")
+        and info.get("kind") in KINDS
+        and isinstance(info.get("base_class", ""), str)
         and isinstance(info.get("shape"), list) and len(info["shape"]) == 2
         and all(is_positive_int(v) for v in info["shape"])
         and all(is_positive_int(info.get(k)) for k in ("rank", "rows", "columns"))
@@ -363,14 +378,23 @@ def _verify_layers(model, document, tensors, check_base_weights):
                 f"it was made for {document.get('base_model') or 'another model'}"
             )
         adapted = isinstance(module, PartialLoraLayer)  # load_weights: the model has its adapters already
-        if not adapted and not is_supported(module):
-            raise AdapterFileError(f"layer {name!r} of the base model is a {type(module).__name__}, not a layer Partial-LoRA adapts")
-        kind = "conv1x1" if (module.is_conv if adapted else isinstance(module, nn.Conv2d)) else "linear"
+        reason = None if adapted else unsupported_reason(module)
+        if reason is not None:
+            raise AdapterFileError(f"layer {name!r} of the base model is a {type(module).__name__}, not a layer "
+                                   f"Partial-LoRA adapts: {reason}")
+        kind = layer_kind(module)
+        base_class = module.base_class if adapted else type(module).__name__
         shape = list(base_shape(module))
         if kind != info["kind"] or shape != info["shape"]:
             raise AdapterFileError(
                 f"layer {name!r}: the adapter expects a {info['kind']} of shape {info['shape']} (out, in), the base has a "
                 f"{kind} of shape {shape}; this adapter was made for another model"
+            )
+        expected_class = info.get("base_class") or CLASS_OF_OLD_KINDS.get(info["kind"])
+        if base_class != expected_class:
+            raise AdapterFileError(
+                f"layer {name!r}: the adapter was made for a {expected_class}, the base model's layer is a {base_class} "
+                "(its forward may differ); load it into the model it was made for"
             )
         shapes[name] = (kind, *shape)
         if check_base_weights and name in checksums:

@@ -42,8 +42,9 @@ class PartialLoraConfig:
             layer's keep compensation (1 without it, and for every fully kept layer).
         dropout: dropout probability on the adapter's input, in [0, 1).
         target_modules: name suffixes (``["query", "value"]``), one regular expression matched
-            against the full module name, or ``"all-linear"`` (every ``nn.Linear`` except the
-            output head and ``modules_to_save``).
+            against the full module name, or ``"all-linear"`` (every linear layer: ``nn.Linear``,
+            transformers' ``Conv1D`` and their supported subclasses, except the output head and
+            ``modules_to_save``).
         exclude_modules: name suffixes or one regular expression of modules never adapted.
         modules_to_save: name suffixes of modules trained in full and saved with the adapter
             (for example a new classification head ``["classifier"]``).
@@ -59,6 +60,10 @@ class PartialLoraConfig:
             (:mod:`partial_lora.layer`), so that a plain optimizer at the learning rate one would
             use for LoRA trains Partial-LoRA at LoRA's pace; False: the plain ``alpha / r`` (what
             adapters written by partial-lora 0.1 used).
+        autocast_adapter_dtype: on a half-precision base (float16, bfloat16), keep the adapter
+            tensors and the ``modules_to_save`` in float32 (an optimizer's small steps round away
+            in half precision); the model's outputs keep the base's dtype. False: everything in
+            the base's dtype. Nothing changes on a float32 base.
     """
 
     r: int = 8
@@ -73,6 +78,7 @@ class PartialLoraConfig:
     seed: int = 0
     ranks: dict[str, int] = field(default_factory=dict)
     keep_compensation: bool = True
+    autocast_adapter_dtype: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
@@ -106,6 +112,8 @@ class PartialLoraConfig:
         self.ranks = dict(self.ranks)
         if not isinstance(self.keep_compensation, bool):
             _fail("keep_compensation", self.keep_compensation, "expected True or False")
+        if not isinstance(self.autocast_adapter_dtype, bool):
+            _fail("autocast_adapter_dtype", self.autocast_adapter_dtype, "expected True or False")
 
     @staticmethod
     def _check_patterns(name: str, value: Any, *, required: bool) -> list[str] | str:

@@ -4,6 +4,12 @@ A Partial-LoRA update is a LoRA update whose ``B`` has zero rows outside ``R`` a
 ``A`` has zero columns outside ``C``. Exporting writes exactly that (dense, zero-filled)
 ``lora_A``/``lora_B`` pair per layer in PEFT's layout, so anything that serves LoRA can
 serve it; importing reads a PEFT LoRA folder and keeps only the nonzero rows and columns.
+
+PEFT stores ``lora_A`` ``[r, in]`` and ``lora_B`` ``[out, r]`` whatever the base layer's layout;
+its ``fan_in_fan_out`` flag (true for transformers' ``Conv1D``) only says how the base weight is
+laid out, and PEFT corrects it per layer (with a warning) from the layer's type. Export sets it
+for the first adapted layer, so a model whose adapted layers are all ``Conv1D`` (GPT-2) or all
+``nn.Linear`` loads without warnings; import reads both layouts the same way.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch import nn
 from .config import PartialLoraConfig
 from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
 from .files import atomic_save_tensors, atomic_write_json, read_json_object, read_tensors
-from .layer import base_shape, is_supported
+from .layer import TRANSPOSED_LINEAR, base_shape, unsupported_reason
 from .naming import model_name_or_path, pattern_value
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
@@ -69,7 +75,8 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: st
         "alpha_pattern": {n: l.scaling * l.r for n, l in layers.items() if l.scaling * l.r != config.alpha},
         "modules_to_save": sorted(saved) or None,
         "bias": "none",
-        "fan_in_fan_out": False,
+        # PEFT sets the flag per layer from its type, warning at each change, in model order.
+        "fan_in_fan_out": next(iter(layers.values())).kind == TRANSPOSED_LINEAR,
         "init_lora_weights": True,
         "use_rslora": False,
         "use_dora": False,
@@ -122,8 +129,9 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
     indices, values, ranks, ratios = {}, {}, {}, {}
     for name, pair in grouped.items():
         module = modules.get(name)
-        if module is None or not is_supported(module):
-            what = "does not exist" if module is None else f"is a {type(module).__name__}"
+        reason = None if module is None else unsupported_reason(module)
+        if module is None or reason is not None:
+            what = "does not exist" if module is None else f"is a {type(module).__name__} ({reason})"
             raise AdapterFileError(f"the PEFT adapter adapts {name!r}, which in this base model {what}")
         if set(pair) != {"lora_A", "lora_B"}:
             raise AdapterFileError(f"layer {name!r} lacks its {({'lora_A', 'lora_B'} - set(pair)).pop()} tensor")
@@ -198,8 +206,6 @@ def _read_peft_config(directory: Path) -> dict[str, Any]:
         raise AdapterFileError(f"{path}: peft_type is {found!r}; only PEFT LoRA folders can be imported")
     if config.get("use_dora"):
         raise AdapterFileError(f"{path}: DoRA adapters have a magnitude vector Partial-LoRA cannot represent")
-    if config.get("fan_in_fan_out"):
-        raise AdapterFileError(f"{path}: fan_in_fan_out (GPT-2 style Conv1D) layers are not supported")
     for key in ("r", "lora_alpha"):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:

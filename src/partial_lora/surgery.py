@@ -4,21 +4,40 @@
 base weight and puts plain layers back; ``disable_adapters`` is a context manager that
 runs the base model alone.
 
+On a half-precision base, ``modules_to_save`` (trained in full) run in float32 unless
+``config.autocast_adapter_dtype`` is False (:func:`keep_in_float32`): their parameters become
+float32, forward hooks cast their floating inputs to float32 and their floating outputs back to
+the input's dtype. State-dict keys do not change; ``merge`` puts the base dtype back. (The
+adapter layers' own float32 tensors are the layer's business: :mod:`partial_lora.layer`.)
+
 One mechanism serves every variant: ``apply`` and ``inject`` take the ``layer_class`` to swap
 in (:class:`~partial_lora.layer.PartialLoraLayer` by default; Partial-AdaLoRA passes its
-subclass), built as ``layer_class(base, rows, columns, r=..., alpha=..., dropout=..., generator=...)``.
+subclass), built as ``layer_class(base, rows, columns, r=..., alpha=..., dropout=..., generator=...,
+multiplier=..., adapter_dtype=..., name=...)``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator, Mapping
+import warnings
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .config import PartialLoraConfig
-from .layer import SUPPORTED, PartialLoraLayer, base_shape, is_supported, keep_multiplier
+from .layer import (
+    LINEAR,
+    SUPPORTED,
+    TRANSPOSED_LINEAR,
+    PartialLoraLayer,
+    adapter_dtype_for,
+    base_shape,
+    is_supported,
+    keep_multiplier,
+    layer_kind,
+    unsupported_reason,
+)
 from .naming import ALL_LINEAR, HEAD_NAMES, inside, matches, set_submodule
 from .selection import layer_generator, select_rows_and_columns
 
@@ -35,11 +54,12 @@ def find_target_modules(
     """The modules that ``target_modules`` names, by full name, in model order.
 
     Patterns follow :mod:`partial_lora.naming` (suffix list, one regex, or ``"all-linear"``:
-    every ``nn.Linear`` but the output head). Modules inside ``modules_to_save`` (trained in
-    full) and those matching ``exclude_modules`` are left out.
+    every supported linear layer, ``nn.Linear`` or transformers' ``Conv1D``, but the output
+    head). Modules inside ``modules_to_save`` (trained in full) and those matching
+    ``exclude_modules`` are left out.
 
     Raises ``ValueError`` if nothing matches (naming modules that exist) or if a matched
-    leaf module has a type Partial-LoRA cannot adapt.
+    layer is one Partial-LoRA cannot adapt (saying why).
     """
     saved = list(modules_to_save)
     output_head = _output_embeddings(model)
@@ -53,19 +73,21 @@ def find_target_modules(
         if exclude_modules is not None and matches(name, exclude_modules):
             continue
         if target_modules == ALL_LINEAR:
-            if type(module) is nn.Linear and module is not output_head and name.split(".")[-1] not in HEAD_NAMES:
+            if _is_linear_map(module) and module is not output_head and name.split(".")[-1] not in HEAD_NAMES:
                 targets[name] = module
             continue
         if not matches(name, target_modules):
             continue
-        if is_supported(module):
+        reason = unsupported_reason(module)
+        if reason is None:
             targets[name] = module
-        elif not list(module.children()) and getattr(module, "weight", None) is not None:
-            unsupported.append(f"{name} ({type(module).__name__})")
+        elif isinstance(module, (nn.Linear, nn.Conv2d)) or (
+                not list(module.children()) and getattr(module, "weight", None) is not None):
+            unsupported.append(f"{name} ({type(module).__name__}: {reason})")
     if unsupported:
         raise ValueError(
             f"target_modules={target_modules!r} matched modules Partial-LoRA cannot adapt: "
-            f"{', '.join(unsupported[:5])}. It adapts {SUPPORTED}; narrow the patterns or exclude_modules them."
+            f"{'; '.join(unsupported[:5])}. It adapts {SUPPORTED}; narrow the patterns or exclude_modules them."
         )
     if not targets:
         linear = [n for n, m in model.named_modules() if is_supported(m)]
@@ -96,7 +118,8 @@ def apply(
 
     Returns:
         the same model object, changed in place. Only adapter tensors and the parameters of
-        ``config.modules_to_save`` remain trainable.
+        ``config.modules_to_save`` remain trainable. On a half-precision base both are float32
+        unless ``config.autocast_adapter_dtype`` is False.
     """
     if adapter_layers(model):
         raise ValueError("this model already has Partial-LoRA adapters; merge() them or start from a fresh base")
@@ -139,19 +162,25 @@ def inject(
     """Swap in ``layer_class`` layers with the given kept rows/columns (no selection); freeze the model.
 
     Used by :func:`apply` and by loading, which must rebuild exactly the saved indices and
-    keep compensations (``multipliers``, by layer name; 1 where not given).
+    keep compensations (``multipliers``, by layer name; 1 where not given). The adapter dtype
+    and the precision of ``config.modules_to_save`` follow ``config.autocast_adapter_dtype``.
     """
     modules = dict(model.named_modules()) if targets is None else targets
     model.requires_grad_(False)
     layers = {}
     for name, (rows, columns) in indices.items():
+        module = modules[name]
         layer = layer_class(
-            modules[name], rows, columns, r=config.rank_for(name), alpha=config.alpha,
+            module, rows, columns, r=config.rank_for(name), alpha=config.alpha,
             dropout=config.dropout, generator=layer_generator(config.seed, name, "init"),
             multiplier=(multipliers or {}).get(name, 1.0),
+            adapter_dtype=adapter_dtype_for(module.weight.dtype, config.autocast_adapter_dtype), name=name,
         )
         set_submodule(model, name, layer)
         layers[name] = layer
+    if config.autocast_adapter_dtype:
+        for name in _modules_to_save(model, config):
+            keep_in_float32(model, name)
     setattr(model, CONFIG_ATTRIBUTE, config)
     return layers
 
@@ -175,11 +204,19 @@ def merge(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight and put plain layers back.
 
     Returns the same model object without any adapter module (and without the config
-    attribute); its outputs equal the adapted model's up to float rounding.
+    attribute); its outputs equal the adapted model's up to float rounding. Modules kept in
+    float32 (:func:`keep_in_float32`) go back to their former dtype, without hooks. If a
+    layer cannot be merged (:meth:`~partial_lora.layer.PartialLoraLayer.check_mergeable`),
+    ``ValueError`` says which, and the model is left unchanged.
     """
-    for name, layer in adapter_layers(model).items():
+    layers = adapter_layers(model)
+    for layer in layers.values():
+        layer.check_mergeable()
+    for name, layer in layers.items():
         layer.merge()
         set_submodule(model, name, layer.to_base())
+    for module in model.modules():
+        release_float32(module)
     if hasattr(model, CONFIG_ATTRIBUTE):
         delattr(model, CONFIG_ATTRIBUTE)
     return model
@@ -217,6 +254,111 @@ def _modules_to_save(model: nn.Module, config: PartialLoraConfig) -> dict[str, n
         found.update(matched)
     # Keep only the outermost of nested matches.
     return {n: m for n, m in found.items() if not any(n.startswith(o + ".") for o in found if o != n)}
+
+
+# -- modules trained in full, in float32 on a half-precision base ----------------------------
+FLOAT32_HOOKS = "_partial_lora_float32"  # attribute of a module kept in float32: its _Float32Hooks
+
+
+def keep_in_float32(model: nn.Module, name: str) -> bool:
+    """Run module ``name`` of ``model`` in float32 if it holds float16/bfloat16 tensors.
+
+    Its half-precision parameters and buffers become float32 (the same ``Parameter`` objects,
+    so optimizers and state-dict keys are unaffected); forward hooks cast its floating inputs
+    to the module's dtype and its floating outputs back to the input's dtype (the former dtype
+    when no input is floating, e.g. token ids into an embedding). A module that shares a
+    parameter with the rest of the model (tied weights) stays as it is, with a warning: the
+    other user of the parameter would then see float32. Returns whether the module was changed.
+    """
+    module = model.get_submodule(name)
+    if FLOAT32_HOOKS in module.__dict__:
+        return False
+    former = {key: tensor.dtype for key, tensor in _floating_tensors(module)
+              if torch.finfo(tensor.dtype).bits < 32}
+    if not former:
+        return False
+    inside = {id(p) for p in module.parameters()}
+    outside = {id(p) for n, p in model.named_parameters(remove_duplicate=False)
+               if not (n.startswith(name + ".") or n == name)}
+    if inside & outside:
+        warnings.warn(f"modules_to_save {name!r} shares parameters with other modules (tied weights); it is trained "
+                      f"in {next(iter(former.values()))}, not float32", stacklevel=4)
+        return False
+    _cast_tensors(module, dict.fromkeys(former, torch.float32))
+    setattr(module, FLOAT32_HOOKS, _Float32Hooks(module, former))
+    return True
+
+
+def release_float32(module: nn.Module) -> None:
+    """Undo :func:`keep_in_float32` on ``module``: former dtypes back, hooks removed (no-op otherwise)."""
+    hooks = module.__dict__.pop(FLOAT32_HOOKS, None)
+    if hooks is not None:
+        for handle in hooks.handles:
+            handle.remove()
+        _cast_tensors(module, hooks.former)
+
+
+class _Float32Hooks:
+    """The forward hooks of a module kept in float32 (see :func:`keep_in_float32`)."""
+
+    def __init__(self, module: nn.Module, former: Mapping[str, torch.dtype]) -> None:
+        self.former = dict(former)  # {parameter or buffer name: dtype before}
+        self.fallback = next(iter(self.former.values()))
+        self.pending: list[torch.dtype] = []  # the dtype to give back, per call in progress
+        self.handles = [module.register_forward_pre_hook(self.enter, with_kwargs=True),
+                        module.register_forward_hook(self.leave, with_kwargs=True)]
+
+    def enter(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        self.pending.append(_first_floating_dtype((args, kwargs)) or self.fallback)
+        dtype = next((t.dtype for _, t in _floating_tensors(module)), torch.float32)
+        return _cast_floating(args, dtype), _cast_floating(kwargs, dtype)
+
+    def leave(self, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        return _cast_floating(output, self.pending.pop())
+
+
+def _floating_tensors(module: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    for key, tensor in (*module.named_parameters(), *module.named_buffers()):
+        if tensor.is_floating_point():
+            yield key, tensor
+
+
+@torch.no_grad()
+def _cast_tensors(module: nn.Module, dtypes: Mapping[str, torch.dtype]) -> None:
+    """Cast named parameters (in place: the same ``Parameter`` objects, gradients too) and buffers."""
+    for key, dtype in dtypes.items():
+        owner_name, _, leaf = key.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        if leaf in owner._parameters:
+            parameter = owner._parameters[leaf]
+            parameter.data = parameter.data.to(dtype)
+            if parameter.grad is not None:
+                parameter.grad = parameter.grad.to(dtype)
+        else:
+            owner._buffers[leaf] = owner._buffers[leaf].to(dtype)
+
+
+def _cast_floating(value: Any, dtype: torch.dtype) -> Any:
+    """``value`` with every floating tensor in it (in tuples, lists, dicts) cast to ``dtype``."""
+    if isinstance(value, torch.Tensor):
+        return value.to(dtype) if value.is_floating_point() else value
+    if type(value) in (tuple, list):
+        return type(value)(_cast_floating(v, dtype) for v in value)
+    if type(value) is dict:
+        return {k: _cast_floating(v, dtype) for k, v in value.items()}
+    return value
+
+
+def _first_floating_dtype(value: Any) -> torch.dtype | None:
+    if isinstance(value, torch.Tensor):
+        return value.dtype if value.is_floating_point() else None
+    items = value.values() if type(value) is dict else value if type(value) in (tuple, list) else ()
+    return next((d for d in map(_first_floating_dtype, items) if d is not None), None)
+
+
+def _is_linear_map(module: nn.Module) -> bool:
+    """A supported linear layer (``nn.Linear``, transformers' ``Conv1D``, a supported subclass)."""
+    return is_supported(module) and layer_kind(module) in (LINEAR, TRANSPOSED_LINEAR)
 
 
 def _score_pair(scores, name):

@@ -68,16 +68,18 @@ INIT_STD = 0.02  # AdaLoRA's initialisation of P and Q (E starts at zero)
 
 # -- the layer ---------------------------------------------------------------------------
 class PartialAdaLoraLayer(PartialLoraLayer):
-    """A frozen linear (or 1x1 convolution) layer plus a compact SVD-form update.
+    """A frozen linear (or 1x1 convolution, or transposed linear) layer plus a compact SVD-form update.
 
     Args:
-        base: the ``nn.Linear`` or 1x1 ``nn.Conv2d`` to adapt; its weight and bias are taken over.
+        base: the module to adapt (any that :class:`PartialLoraLayer` adapts); its weight and bias are taken over.
         rows: sorted ``int64`` kept output features ``R``.
         columns: sorted ``int64`` kept input features ``C``.
         r: initial rank (number of triplets).
         alpha: scaling numerator; the update is scaled by ``alpha / r`` for good.
         dropout: dropout probability on the adapter's input.
         generator: optional generator for the initialisation of ``P`` and ``Q``.
+        multiplier, adapter_dtype, name: as for :class:`PartialLoraLayer` (``apply`` gives this
+            class no keep compensation).
 
     Trainable tensors: ``lora_P`` ``[|R|, r]`` and ``lora_Q`` ``[r, |C|]`` (``N(0, 0.02^2)``) and
     ``lora_E`` ``[r, 1]`` (zeros, so the adapted model starts equal to the base). Buffer
@@ -147,6 +149,7 @@ class PartialAdaLoraLayer(PartialLoraLayer):
         dropout = getattr(self.lora_dropout, "p", 0.0)
         layer = PartialLoraLayer(
             self.to_base(), self.lora_rows, self.lora_columns, r=k, alpha=rank_alpha, dropout=dropout,
+            adapter_dtype=self.lora_Q.dtype, name=self.name,
         )
         ratio = self.scaling / (rank_alpha / k)
         with torch.no_grad():

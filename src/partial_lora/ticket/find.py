@@ -9,6 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..layer import weight_matrix
 from ..naming import model_name_or_path
 from ..surgery import find_target_modules
 from .few_shot import example_count, fingerprint, prepare_batches, shots_per_class, task_kind
@@ -19,7 +20,6 @@ from .passes import PassCounter
 from .recording import InputRecorder
 from .scoring import Scorer, prepare_scoring
 from .snip import snip_layers
-from .svd import weight_matrix
 from .svd_search import joint_search, layer_entries, layerwise_search, spectra_of
 from .ticket import LayerTicket, Provenance, Ticket, equivalent_k
 

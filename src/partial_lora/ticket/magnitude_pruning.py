@@ -18,21 +18,21 @@ from typing import Iterator, Mapping
 import torch
 from torch import nn
 
+from ..layer import weight_matrix
 from .scoring import Scorer
-from .svd import weight_matrix
 from .ticket import LayerTicket, equivalent_k
 
 
 @contextlib.contextmanager
 def masked_weights(targets: Mapping[str, nn.Module], masks: Mapping[str, torch.Tensor]) -> Iterator[None]:
-    """Inside the block each target weight is multiplied by its mask (``[m, n]`` bool)."""
+    """Inside the block each target weight is multiplied by its mask (``[m, n]`` bool, out x in)."""
     saved = {}
     try:
         with torch.no_grad():
             for name, mask in masks.items():
                 weight = targets[name].weight
                 saved[name] = weight.detach().clone()
-                weight.mul_(mask.reshape(weight.shape).to(weight.device, weight.dtype))
+                weight_matrix(targets[name]).mul_(mask.to(weight.device, weight.dtype))
         yield
     finally:
         with torch.no_grad():

@@ -19,11 +19,11 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..layer import weight_matrix
 from .ticket import LayerTicket, equivalent_k
 from .outputs import loss_denominator, task_loss
 from .passes import run_pass
 from .scoring import Scorer
-from .svd import weight_matrix
 
 BACKWARD_COST = 3.0  # forward + backward, in forward-equivalents
 
@@ -47,11 +47,9 @@ def saliency(scorer: Scorer, targets: Mapping[str, nn.Module]) -> dict[str, torc
 
         run_pass(scorer.batches, step, counter=scorer.counter, progress=scorer.progress,
                  description="snip saliency", cost=BACKWARD_COST, grad=True)
-        return {
-            name: (w.detach() * (w.grad if w.grad is not None else torch.zeros_like(w))).abs()
-            .reshape(w.shape[0], -1).to("cpu", torch.float64)
-            for name, w in weights.items()
-        }
+        saliencies = {name: (w.detach() * (w.grad if w.grad is not None else torch.zeros_like(w))).abs()
+                      for name, w in weights.items()}
+        return {name: weight_matrix(targets[name], s).to("cpu", torch.float64) for name, s in saliencies.items()}
     finally:
         for name, w in weights.items():
             w.grad = grads[name]

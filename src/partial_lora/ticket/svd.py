@@ -49,12 +49,6 @@ class Spectrum:
         return self.k(1.0)
 
 
-def weight_matrix(module: nn.Module) -> torch.Tensor:
-    """``W`` as ``[out, in]`` (a 1x1 convolution's kernel flattened)."""
-    weight = module.weight
-    return weight.reshape(weight.shape[0], -1)
-
-
 def layer_spectrum(weight: torch.Tensor, covariance: torch.Tensor) -> Spectrum:
     """Singular values and left singular vectors of ``W L`` (``L L^T = covariance``).
 

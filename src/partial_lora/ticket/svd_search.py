@@ -19,7 +19,8 @@ from typing import Mapping
 from torch import nn
 
 from .scoring import Scorer
-from .svd import Spectrum, column_scores, layer_spectrum, projected, row_scores, weight_matrix
+from ..layer import weight_matrix
+from .svd import Spectrum, column_scores, layer_spectrum, projected, row_scores
 from .ticket import LayerTicket
 from .recording import InputRecorder
 
