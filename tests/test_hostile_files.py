@@ -58,6 +58,13 @@ def assert_refused_and_untouched(base, folder) -> None:
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
 
 
+def _same_json(a: bytes, b: bytes) -> bool:
+    try:
+        return json.loads(a) == json.loads(b)
+    except ValueError:
+        return False
+
+
 MUTATIONS = st.sampled_from(["truncate", "flip", "append", "replace", "delete"])
 
 
@@ -87,6 +94,8 @@ def test_byte_level_damage_is_refused(adapter_bytes, base, tmp_path_factory, tar
         del files[target]
     else:
         files[target] = bytes(content)
+        if target.endswith(".json") and _same_json(files[target], adapter_bytes[target]):
+            return  # e.g. the 17th digit of a float that parses to the same number: nothing was damaged
     folder = tmp_path_factory.mktemp("damaged")
     write(folder, files)
     assert_refused_and_untouched(base, folder)
