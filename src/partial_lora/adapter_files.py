@@ -8,14 +8,18 @@ A folder holds two files:
   ``modules_to_save.<module>.<tensor>``.
 * ``adapter_config.json``: the config, every layer's kind (weight layout: ``linear``,
   ``conv1x1``, ``transposed_linear``), base class name, shape, rank, kept counts and adapter
-  dtype, a fingerprint of the base layers' shapes, a checksum of the base weights, and the
-  sha256 of the tensor file (so a half-written pair is detected). Files written before the
-  class name was recorded hold only exact ``nn.Linear`` / ``nn.Conv2d`` layers.
+  dtype, a fingerprint of the base layers' shapes, a sample of each adapted base weight (see
+  :func:`weight_samples`), and the sha256 of the tensor file (so a half-written pair is
+  detected). Files written before the class name was recorded hold only exact ``nn.Linear`` /
+  ``nn.Conv2d`` layers.
 
 :func:`load` puts an adapter into a fresh base model; :func:`load_weights` copies a saved
 adapter's tensors into a model that already carries the same adapters (resuming training).
 
-Each file is written atomically (:mod:`partial_lora.files`). Loading checks everything
+Each file is written atomically (:mod:`partial_lora.files`), and a save holds the folder's
+exclusive lock while loading holds its shared lock (:func:`partial_lora.files.folder_lock`):
+two saves into one folder take turns, and a load sees the adapter before or after a save,
+whole. Loading checks everything
 against the base model before changing it; a damaged or mismatched folder raises
 :class:`AdapterFileError` and leaves the base untouched. Only safetensors is read; nothing
 is unpickled.
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,7 +46,7 @@ from .files import (
     atomic_write_bytes,
     atomic_write_json,
     check_signed,
-    file_sha256,
+    folder_lock,
     fsync_directory,
     read_json_object,
     read_tensors,
@@ -61,7 +67,7 @@ from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 # While a save replaces an adapter, the tensors the current config describes stay reachable
-# under this name until the new config is in place (see save and committed_weights).
+# under this name until the new config is in place (see save and read_committed_tensors).
 PREVIOUS_WEIGHTS_NAME = ".adapter_model.previous.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT = "partial-lora"
@@ -70,6 +76,15 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # The base class of a layer in a file that does not record one (what partial-lora adapted then).
 CLASS_OF_OLD_KINDS = {LINEAR: "Linear", CONV1X1: "Conv2d"}
+# The base-weight fingerprint: this many entries of each adapted weight, and how close a
+# base's entries must be to them. 2^-7 relative is twice bf16's rounding error (fp16's is
+# smaller); 2^-24 absolute covers fp16's subnormals. A negated, permuted or other weight
+# misses by far more.
+SAMPLES_PER_LAYER = 32
+SAMPLE_RTOL = 2.0**-7
+SAMPLE_ATOL = 2.0**-24
+# A reader that cannot lock the folder retries this often when a save replaced a file under it.
+UNLOCKED_READ_ATTEMPTS = 8
 
 
 class AdapterFileError(DamagedFileError):
@@ -93,6 +108,11 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
         raise ValueError("some adapters are merged into their base weights; unmerge() them before saving")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    with folder_lock(directory):  # one save at a time; readers wait until it is whole
+        return _save_locked(model, directory, layers, config, metadata)
+
+
+def _save_locked(model, directory: Path, layers, config, metadata) -> Path:
     tensors: dict[str, torch.Tensor] = {}
     layer_info = {}
     for name, layer in layers.items():
@@ -134,6 +154,7 @@ def save(model: nn.Module, directory: str | os.PathLike, *, metadata: Mapping[st
         "modules_to_save": saved_info,
         "base_fingerprint": shape_fingerprint({n: (i["kind"], *i["shape"]) for n, i in layer_info.items()}),
         "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
+        "base_weight_samples": {n: weight_samples(n, layer.weight) for n, layer in layers.items()},
         "base_model": model_name_or_path(model),
         "trainable_parameters": sum(l.lora_A.numel() + l.lora_B.numel() for l in layers.values()),
         "weights_sha256": digest,
@@ -148,7 +169,7 @@ def _keep_previous(weights: Path, previous: Path) -> None:
     """Keep the current tensor file reachable (a hard link, or a copy) until the save commits.
 
     A crash after the new tensors replace ``weights`` but before the new config is written
-    then still loads the previous adapter, whole (see :func:`committed_weights`).
+    then still loads the previous adapter, whole (see :func:`read_committed_tensors`).
     """
     previous.unlink(missing_ok=True)
     try:
@@ -158,14 +179,19 @@ def _keep_previous(weights: Path, previous: Path) -> None:
     fsync_directory(previous.parent)
 
 
-def committed_weights(directory: Path, expected_sha256: str) -> Path:
-    """The tensor file the config describes: ``adapter_model.safetensors``, or the previous
-    one kept by a save that was interrupted before its config was written."""
+def read_committed_tensors(directory: Path, expected_sha256: str) -> dict[str, torch.Tensor]:
+    """The tensors the config describes: ``adapter_model.safetensors``, or the previous file
+    kept by a save that was interrupted before its config was written."""
     weights, previous = directory / WEIGHTS_NAME, directory / PREVIOUS_WEIGHTS_NAME
-    if previous.is_file() and weights.is_file() and file_sha256(weights) != expected_sha256 \
-            and file_sha256(previous) == expected_sha256:
-        return previous
-    return weights
+    try:
+        return read_tensors(weights, expected_sha256, error=AdapterFileError)
+    except AdapterFileError:
+        if weights.is_file() and previous.is_file():
+            try:
+                return read_tensors(previous, expected_sha256, error=AdapterFileError)
+            except AdapterFileError:
+                pass
+        raise
 
 
 def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
@@ -175,14 +201,88 @@ def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
 
 
 def weight_checksum(weight: torch.Tensor) -> float:
-    """Mean absolute value of a base weight (float64), a cheap check that it is the same model."""
+    """Mean absolute value of a base weight (float64): the only base check of files written
+    before :func:`weight_samples` existed (it misses a negated or permuted weight)."""
     return float(weight.detach().to(torch.float64).abs().mean())
+
+
+# -- the base-weight fingerprint -------------------------------------------------------
+def sample_indices(name: str, numel: int, count: int = SAMPLES_PER_LAYER) -> list[int]:
+    """``count`` positions in a flattened weight of ``numel`` entries, fixed by the module's name
+    (sha256 of ``"<name>/<i>"``, so two layers of one shape are sampled at other positions)."""
+    return [int.from_bytes(hashlib.sha256(f"{name}/{i}".encode()).digest()[:8], "little") % numel
+            for i in range(count)]
+
+
+def weight_samples(name: str, weight: torch.Tensor) -> dict[str, list]:
+    """A fingerprint of a base weight: ``{"indices": [...], "values": [...]}``, the values of
+    :func:`sample_indices` positions of the flattened weight (``[out * in]``), as float64."""
+    indices = sample_indices(name, weight.numel())
+    flat = weight.detach().reshape(-1)
+    values = flat[torch.tensor(indices, device=flat.device)].to(torch.float64).cpu().tolist()
+    return {"indices": indices, "values": values}
+
+
+def check_weight_samples(name: str, weight: torch.Tensor, samples: Mapping[str, list], source: str | Path) -> None:
+    """Refuse a base weight whose entries differ from the recorded ``samples``.
+
+    The same weights stored in bf16 or fp16 pass (see :data:`SAMPLE_RTOL`); negated, permuted
+    or other weights do not. ``source`` names the file the samples come from.
+    """
+    indices, values = samples["indices"], samples["values"]
+    if any(i >= weight.numel() for i in indices):
+        raise AdapterFileError(f"{source}: the base-weight samples of layer {name!r} point outside its weight; the file is damaged")
+    flat = weight.detach().reshape(-1)
+    have = flat[torch.tensor(indices, device=flat.device)].to(torch.float64).cpu().tolist()
+    for position, (found, want) in enumerate(zip(have, values)):
+        same = found == want or (math.isnan(found) and math.isnan(want))
+        if not same and not abs(found - want) <= SAMPLE_RTOL * abs(want) + SAMPLE_ATOL:
+            raise AdapterFileError(
+                f"layer {name!r}: the base weights differ from those the adapter was trained on (entry "
+                f"{indices[position]} of the weight is {found:.6g}, it was {want:.6g} in training; another "
+                "checkpoint, or weights changed since); load the right base model, or pass check_base_weights=False"
+            )
+
+
+def valid_weight_samples(samples: Any) -> bool:
+    """``{layer: {"indices": [int >= 0, ...], "values": [number, ...]}}``, lists of one length."""
+    def numbers(values):
+        return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    return isinstance(samples, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get("indices"), list) and numbers(entry.get("values"))
+        and all(is_non_negative_int(i) for i in entry["indices"]) and len(entry["indices"]) == len(entry["values"])
+        for entry in samples.values()
+    )
 
 
 # -- reading ---------------------------------------------------------------------------
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``adapter_config.json`` of a Partial-LoRA folder (checked for structure)."""
     directory = Path(directory)
+    with folder_lock(directory, shared=True):  # the config is replaced whole; waits for a save to end
+        return _read_config(directory)
+
+
+def read_adapter(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The config and tensors of a folder, both of one save (under the folder's shared lock).
+
+    Where the folder cannot be locked, a save may replace the files between the two reads;
+    the pair is then read again, a few times, before a mismatch is reported as damage.
+    """
+    with folder_lock(directory, shared=True) as locked:
+        attempts = 1 if locked else UNLOCKED_READ_ATTEMPTS
+        for attempt in range(1, attempts + 1):
+            try:
+                document = _read_config(directory)
+                return document, read_committed_tensors(directory, document["weights_sha256"])
+            except AdapterFileError:
+                if attempt == attempts:
+                    raise
+                time.sleep(0.01 * attempt)
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise AdapterFileError(f"adapter folder {str(directory)!r} does not exist; check the path")
     config_path = directory / CONFIG_NAME
@@ -200,6 +300,9 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
             raise AdapterFileError(f"{config_path}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in document["base_weight_checksums"].values()):
         raise AdapterFileError(f"{config_path}: field 'base_weight_checksums' must map layer names to numbers")
+    if "base_weight_samples" in document and not valid_weight_samples(document["base_weight_samples"]):
+        raise AdapterFileError(f"{config_path}: field 'base_weight_samples' must map layer names to "
+                               "{indices, values} lists of one length; the file is damaged")
     for name, entries in document["modules_to_save"].items():
         if not (isinstance(entries, dict) and all(isinstance(shape, list) and all(is_non_negative_int(v) for v in shape)
                                                   for shape in entries.values())):
@@ -250,12 +353,11 @@ def load(
 
     Args:
         trainable: keep the adapter tensors (and saved modules) trainable, e.g. to resume training.
-        check_base_weights: compare a checksum of each adapted base weight with the saved one.
+        check_base_weights: compare each adapted base weight with the samples saved of it
+            (:func:`weight_samples`; files without them: its mean absolute value).
     """
     directory = Path(directory)
-    document = read_config(directory)
-    tensors = read_tensors(committed_weights(directory, document["weights_sha256"]), document["weights_sha256"],
-                           error=AdapterFileError)
+    document, tensors = read_adapter(directory)
     config: PartialLoraConfig = document["config"]
     if adapter_layers(base_model):
         raise ValueError("the base model already has Partial-LoRA adapters; load into a fresh base model")
@@ -293,9 +395,7 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, check_base_w
     left untouched.
     """
     directory = Path(directory)
-    document = read_config(directory)
-    tensors = read_tensors(committed_weights(directory, document["weights_sha256"]), document["weights_sha256"],
-                           error=AdapterFileError)
+    document, tensors = read_adapter(directory)
     layers = adapter_layers(model)
     if not layers:
         raise ValueError("the model has no Partial-LoRA adapters to load into; load the folder into a fresh base "
@@ -368,6 +468,7 @@ def _refuse_unknown_tensors(directory: Path, tensors: Mapping[str, torch.Tensor]
 def _verify_layers(model, document, tensors, check_base_weights):
     modules = dict(model.named_modules())
     checksums = document.get("base_weight_checksums", {})
+    samples = document.get("base_weight_samples", {})
     indices, values = {}, {}
     shapes = {}
     for name, info in document["layers"].items():
@@ -397,7 +498,9 @@ def _verify_layers(model, document, tensors, check_base_weights):
                 "(its forward may differ); load it into the model it was made for"
             )
         shapes[name] = (kind, *shape)
-        if check_base_weights and name in checksums:
+        if check_base_weights and name in samples:
+            check_weight_samples(name, module.weight, samples[name], CONFIG_NAME)
+        elif check_base_weights and name in checksums:  # files written before the samples
             have, want = weight_checksum(module.weight), float(checksums[name])
             if abs(have - want) > 1e-3 * max(abs(want), 1e-12):
                 raise AdapterFileError(

@@ -11,8 +11,10 @@ through these helpers, and every reader refuses a damaged file with a subclass o
 * :func:`sign` / :func:`read_document`: a JSON document carries the sha256 of its own
   canonical form (``document_sha256``) and a ``format`` / ``format_version`` pair, checked on
   reading;
-* :func:`read_tensors`: safetensors only (nothing is ever unpickled), checked against the
-  sha256 its document recorded.
+* :func:`read_tensors`: safetensors only (nothing is ever unpickled), read once and checked
+  against the sha256 its document recorded;
+* :func:`folder_lock`: an advisory lock on a folder, exclusive for a writer replacing the
+  files in it, shared for readers, so a reader sees the old or the new files whole.
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # Windows: folders are not locked there (see folder_lock)
+    fcntl = None
 
 DIGEST_FIELD = "document_sha256"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -35,18 +44,53 @@ class DamagedFileError(ValueError):
 
 
 # -- writing ---------------------------------------------------------------------------
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
 
 
 def _temporary_beside(path: Path) -> str:
-    """A new temporary file next to ``path``, with a plain file's permissions (mkstemp gives 0600)."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~_umask())
-    return temporary
+    """A new, empty temporary file next to ``path``, with a plain file's permissions.
+
+    Created with mode ``0o666`` and ``O_EXCL``: the kernel applies the umask, as for
+    ``open(path, "w")`` (``tempfile.mkstemp`` would give ``0o600``; reading the umask to
+    fix that up afterwards is not thread-safe).
+    """
+    while True:
+        temporary = _temporary_name(path)
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
+            return str(temporary)
+        except FileExistsError:
+            continue
+
+
+def give_plain_modes(folder: str | os.PathLike) -> None:
+    """Give every file and folder below ``folder`` the permissions a plain ``open(path, "w")``
+    (``mkdir``) gives under the umask: for folders filled by other libraries' writers, such
+    as ``save_pretrained``, whose safetensors files come out ``0o600``."""
+    folder = Path(folder)
+    probe = Path(_temporary_beside(folder / "mode"))  # the umask applied by the kernel (reading it is not thread-safe)
+    try:
+        file_mode = stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink()
+    folder_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: rw-r--r-- gives rwxr-xr-x
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(folder_mode if path.is_dir() else file_mode)
+
+
+def make_temporary_folder(path: str | os.PathLike) -> Path:
+    """A new, empty folder next to ``path`` (to fill, then rename to ``path``), with a plain
+    folder's permissions under the umask (``tempfile.mkdtemp`` would give ``0o700``)."""
+    path = Path(path)
+    while True:
+        temporary = _temporary_name(path)
+        try:
+            os.mkdir(temporary, 0o777)
+            return temporary
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -72,34 +116,16 @@ def atomic_write_json(path: str | os.PathLike, document: Any, *, indent: int | N
 
 def atomic_save_tensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
                         metadata: dict[str, str] | None = None) -> str:
-    """Write a safetensors file atomically; returns its sha256."""
-    from safetensors.torch import save_file
+    """Write a safetensors file atomically; returns its sha256.
 
-    path = Path(path)
-    temporary = _temporary_beside(path)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, temporary, metadata=metadata)
-        os.chmod(temporary, 0o666 & ~_umask())  # safetensors re-creates the file with mode 0600
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
-        digest = file_sha256(temporary)
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
-        return digest
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    The file is serialised in memory and written by :func:`atomic_write_bytes`
+    (safetensors' own ``save_file`` replaces the file with a new one of mode ``0o600``).
+    """
+    from safetensors.torch import save
 
-
-def give_default_modes(folder: str | os.PathLike) -> None:
-    """Give every file under ``folder`` the mode a plain write would (``0o666 & ~umask``; folders
-    ``0o777 & ~umask``): for what other libraries write there (safetensors' ``save_file``, as PEFT
-    and transformers call it, creates files with mode 0600)."""
-    mask = _umask()
-    for path in [Path(folder), *Path(folder).rglob("*")]:
-        if path.is_symlink():
-            continue
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -124,6 +150,41 @@ def fsync_directory(directory: str | os.PathLike) -> None:
         os.close(descriptor)
 
 
+# -- locking ---------------------------------------------------------------------------
+@contextmanager
+def folder_lock(directory: str | os.PathLike, *, shared: bool = False) -> Iterator[bool]:
+    """Hold an advisory lock on ``directory`` for the duration of the ``with`` block.
+
+    ``shared=False`` (a writer replacing files in the folder) waits until no one else holds
+    the lock; ``shared=True`` (readers) waits only for a writer. The lock is ``flock`` on
+    the folder itself, so there is no lock file to create (a read-only folder is locked as
+    well) and none left behind; the kernel releases it when the holder exits, even on
+    ``kill -9``. It only orders processes that use it, and only on the same machine.
+
+    Yields True while locked, False where the folder cannot be locked (no ``fcntl``, as on
+    Windows; a folder that cannot be opened; a file system without ``flock``): the block
+    then runs unlocked, and readers must be ready for a file replaced under them.
+    """
+    descriptor = None
+    if fcntl is not None:
+        try:
+            descriptor = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            descriptor = None
+    try:
+        locked = False
+        if descriptor is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                locked = True
+            except OSError:
+                pass
+        yield locked
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)  # releases the lock
+
+
 # -- signed JSON documents -------------------------------------------------------------
 def document_digest(document: Mapping[str, Any]) -> str:
     """sha256 of the document without its own checksum field (canonical JSON)."""
@@ -144,6 +205,8 @@ def read_json_object(path: str | os.PathLike, *, error: type[DamagedFileError], 
         document = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path} is missing: {fix}") from None
+    except OSError as err:  # a folder in its place, no permission to read it, ...
+        raise error(f"{path} cannot be read ({err.strerror or err}); check that it is a readable file") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise error(f"{path} is not valid JSON ({type(err).__name__}: {err}); the file is damaged: {fix}") from None
     if not isinstance(document, dict):
@@ -185,24 +248,28 @@ def read_document(path: str | os.PathLike, *, format: str, version: int, error: 
 # -- tensors ---------------------------------------------------------------------------
 def read_tensors(path: str | os.PathLike, expected_sha256: str | None, *,
                  error: type[DamagedFileError] = DamagedFileError) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, refusing anything else and checking its sha256 (unless None)."""
-    from safetensors import safe_open
+    """Load a safetensors file, refusing anything else and checking its sha256 (unless None).
+
+    The file is read once, and the bytes checked are the bytes parsed: a file replaced
+    meanwhile gives either its old or its new content, never a mix or a checksum of the other.
+    """
+    from safetensors.torch import load as load_tensors
 
     path = Path(path)
-    if not path.is_file():
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         offered = [p.name for p in path.parent.glob("*") if p.suffix in PICKLE_SUFFIXES] if path.parent.is_dir() else []
         hint = f" (found {offered}: pickle-based files are never read; convert them to safetensors)" if offered else ""
-        raise error(f"{path} is missing{hint}")
-    if expected_sha256 is not None and file_sha256(path) != expected_sha256:
+        raise error(f"{path} is missing{hint}") from None
+    except OSError as err:
+        raise error(f"{path} cannot be read ({err.strerror or err}); check that it is a readable file") from None
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise error(
             f"{path} does not match the checksum its folder recorded (sha256 differs): it was changed or written "
             "only in part; restore it or write it again"
         )
     try:
-        tensors = {}
-        with safe_open(str(path), framework="pt") as handle:
-            for key in handle.keys():
-                tensors[key] = handle.get_tensor(key)
-        return tensors
+        return load_tensors(data)
     except Exception as err:  # safetensors raises its own error types for damaged headers
         raise error(f"{path} is not a readable safetensors file ({err}); the file is damaged") from None

@@ -10,6 +10,10 @@ its ``fan_in_fan_out`` flag (true for transformers' ``Conv1D``) only says how th
 laid out, and PEFT corrects it per layer (with a warning) from the layer's type. Export sets it
 for the first adapted layer, so a model whose adapted layers are all ``Conv1D`` (GPT-2) or all
 ``nn.Linear`` loads without warnings; import reads both layouts the same way.
+
+An exported folder also holds ``partial_lora_base.json``, the fingerprint of the adapted base
+weights (:func:`partial_lora.adapter_files.weight_samples`), which PEFT ignores and
+:func:`import_peft` checks, as :func:`partial_lora.load` does with its own folders.
 """
 
 from __future__ import annotations
@@ -23,13 +27,31 @@ import torch
 from torch import nn
 
 from .config import PartialLoraConfig
-from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
-from .files import atomic_save_tensors, atomic_write_json, read_json_object, read_tensors
+from .adapter_files import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    AdapterFileError,
+    check_weight_samples,
+    valid_weight_samples,
+    weight_samples,
+)
+from .files import (
+    atomic_save_tensors,
+    atomic_write_json,
+    check_signed,
+    folder_lock,
+    read_json_object,
+    read_tensors,
+    sign,
+)
 from .layer import TRANSPOSED_LINEAR, base_shape, unsupported_reason
 from .naming import model_name_or_path, pattern_value
 from .surgery import CONFIG_ATTRIBUTE, adapter_layers, inject, modules_to_save
 
 PREFIX = "base_model.model."
+BASE_NAME = "partial_lora_base.json"  # beside PEFT's files; PEFT reads only its own two
+BASE_FORMAT = "partial-lora-base-weights"
+BASE_FORMAT_VERSION = 1
 
 
 def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: str | None = None) -> Path:
@@ -82,25 +104,38 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: st
         "use_dora": False,
         "inference_mode": True,
     }
+    base = sign({
+        "format": BASE_FORMAT,
+        "format_version": BASE_FORMAT_VERSION,
+        "base_model": model_name_or_path(model),
+        "base_weight_samples": {n: weight_samples(n, layer.weight) for n, layer in layers.items()},
+    })
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    atomic_save_tensors(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_json(directory / CONFIG_NAME, peft_config, sort_keys=True)
+    with folder_lock(directory):
+        atomic_save_tensors(tensors, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        atomic_write_json(directory / CONFIG_NAME, peft_config, sort_keys=True)
+        atomic_write_json(directory / BASE_NAME, base, sort_keys=True)
     return directory
 
 
-def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainable: bool = False) -> nn.Module:
+def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainable: bool = False,
+                check_base_weights: bool = True) -> nn.Module:
     """Load a PEFT LoRA folder into ``base_model`` as compact Partial-LoRA layers.
 
     Rows of ``B`` and columns of ``A`` that are entirely zero are dropped, so an exported
     Partial-LoRA comes back with its original indices, and a dense LoRA comes back dense.
     (An untrained LoRA, whose ``B`` is all zero, keeps all rows.) Scaling from
     ``alpha_pattern`` or ``use_rslora`` is folded into ``B``. Everything is verified before
-    the model is changed.
+    the model is changed: shapes, finite values, and (unless ``check_base_weights=False``)
+    the base weights, where the folder was written by :func:`export_peft` (a folder PEFT
+    wrote has no fingerprint of its base).
     """
     directory = Path(directory)
-    peft_config = _read_peft_config(directory)
-    tensors = read_tensors(directory / WEIGHTS_NAME, expected_sha256=None, error=AdapterFileError)
+    with folder_lock(directory, shared=True):
+        peft_config = _read_peft_config(directory)
+        tensors = read_tensors(directory / WEIGHTS_NAME, expected_sha256=None, error=AdapterFileError)
+        base = _read_base_fingerprint(directory)
     if adapter_layers(base_model):
         raise ValueError("the base model already has Partial-LoRA adapters; import into a fresh base model")
     modules = dict(base_model.named_modules())
@@ -147,6 +182,10 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
             )
         if not (A.dtype.is_floating_point and B.dtype.is_floating_point):
             raise AdapterFileError(f"layer {name!r}: lora_A/lora_B must be floating point")
+        for part, tensor in (("lora_A", A), ("lora_B", B)):
+            if not bool(torch.isfinite(tensor).all()):
+                raise AdapterFileError(f"layer {name!r}: {part} in {directory / WEIGHTS_NAME} contains NaN or "
+                                       "infinite values (a diverged training run?); export it again from a good one")
         expected_rank = pattern_value(rank_pattern, name, default_rank)
         if rank != expected_rank:
             raise AdapterFileError(f"layer {name!r} has rank {rank}, but its adapter_config.json says {expected_rank}")
@@ -170,6 +209,22 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
                 f"saved tensor {module_name}.{tensor_name} {tuple(tensor.shape)} does not fit the base model"
                 f" ({'missing' if current is None else tuple(current.shape)})"
             )
+        if tensor.dtype.is_floating_point != current.dtype.is_floating_point:
+            raise AdapterFileError(f"saved tensor {module_name}.{tensor_name} has dtype {tensor.dtype}, the base "
+                                   f"model's has {current.dtype}")
+        if tensor.dtype.is_floating_point and not bool(torch.isfinite(tensor).all()):
+            raise AdapterFileError(f"saved tensor {module_name}.{tensor_name} in {directory / WEIGHTS_NAME} contains "
+                                   "NaN or infinite values (a diverged training run?); export it again from a good one")
+    if check_base_weights and base is not None:
+        for name, samples in base["base_weight_samples"].items():
+            module = modules.get(name)
+            if not isinstance(getattr(module, "weight", None), torch.Tensor):
+                raise AdapterFileError(
+                    f"{directory / BASE_NAME}: the adapter was exported from a base with a layer {name!r}, which this "
+                    f"base model ({type(base_model).__name__}) does not have; load the right base model, or pass "
+                    "check_base_weights=False"
+                )
+            check_weight_samples(name, module.weight, samples, directory / BASE_NAME)
 
     config = PartialLoraConfig(
         r=default_rank,
@@ -211,6 +266,20 @@ def _read_peft_config(directory: Path) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             raise AdapterFileError(f"{path}: {key}={value!r} must be a positive number")
     return config
+
+
+def _read_base_fingerprint(directory: Path) -> dict[str, Any] | None:
+    """The checked ``partial_lora_base.json`` of a folder :func:`export_peft` wrote; None if absent."""
+    path = directory / BASE_NAME
+    if not path.exists():
+        return None
+    fix = f"export the adapter again, or delete {BASE_NAME} to import without checking the base weights"
+    document = read_json_object(path, error=AdapterFileError, fix=fix)
+    check_signed(document, path, format=BASE_FORMAT, version=BASE_FORMAT_VERSION, error=AdapterFileError,
+                 what="a Partial-LoRA base-weight fingerprint", fix=fix)
+    if not valid_weight_samples(document.get("base_weight_samples")):
+        raise AdapterFileError(f"{path}: field 'base_weight_samples' is malformed; {fix}")
+    return document
 
 
 def _split_module_key(modules: dict[str, nn.Module], body: str, key: str) -> tuple[str, str]:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import adapter_files
-from ..files import give_default_modes
+from ..files import give_plain_modes
 from ..peft_interop import export_peft
 from ..surgery import merge
 from .output import Output
@@ -58,7 +58,7 @@ def merge_command(settings: Settings, args: Any) -> int:
     model.save_pretrained(work, safe_serialization=True)
     if task.tokenizer is not None:
         task.tokenizer.save_pretrained(work)
-    give_default_modes(work)
+    give_plain_modes(work)
     out = output.commit()
     print(f"wrote the merged model to {out}")
     return 0

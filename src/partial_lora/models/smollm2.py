@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import tempfile
 from pathlib import Path
+from typing import Any, Callable
+
+from ..files import give_plain_modes, make_temporary_folder
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct-fp32"
@@ -48,15 +50,33 @@ def smollm2_folder() -> Path:
         del config.quantization_config
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(quantised.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=CACHE_NAME + ".", dir=target.parent))
-    try:
+
+    def write(staging: Path) -> None:
         plain.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
-        if target.exists():  # a concurrent first load finished before us
-            shutil.rmtree(staging)
-        else:
+
+    return publish_folder(target, write)
+
+
+def publish_folder(target: Path, write: Callable[[Path], Any]) -> Path:
+    """``write(staging)`` into a new folder beside ``target``, then rename it to ``target``.
+
+    An interrupted write never leaves a half-written ``target``; where a concurrent first
+    load published ``target`` first, ours is discarded. The folder and its files get plain
+    permissions under the umask (``tempfile.mkdtemp`` would give ``0o700``, safetensors
+    files come out ``0o600``: a cache nobody else could read).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = make_temporary_folder(target)
+    try:
+        write(staging)
+        give_plain_modes(staging)  # save_pretrained writes its safetensors files 0o600
+        try:
             os.replace(staging, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+            shutil.rmtree(staging)  # a concurrent first load finished before us
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
