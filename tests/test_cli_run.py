@@ -322,7 +322,7 @@ def bad_inputs(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         "empty dataset": (["--dataset", str(tmp / "empty.csv"), *model], ["empty.csv", "no examples"]),
         "unreadable file": (["--dataset", str(tmp / "binary.csv"), *model], ["binary.csv", "cannot read"]),
         "too few for the shots": (
-            ["--dataset", str(write_csv(tmp / "small.csv", news_rows({"business": 12, "rare": 4}))), *model],
+            ["--dataset", str(write_csv(tmp / "small.csv", news_rows({"business": 12, "rare": 5}))), *model],
             ["'rare'", "shots"]),
         "unknown method": (["--methods", "lora,magic"], ["magic", "unknown method"]),
         "no methods": (["--methods", ","], ["methods is empty"]),
