@@ -134,13 +134,17 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
     # Baselines sized by the ticket (random masking, EVA) get Partial-LoRA's count at the default threshold.
     ticket_threshold = settings.threshold if threshold is None and method in SIZED_BY_TICKET else threshold
 
+    grid = settings.lr_grid
+    grid_rates = [method_learning_rate(method, rate) for rate in grid] if grid else None
+
     def run(seed: int, rate: float, *, score_test: bool, tag: str = "", finished=None) -> dict[str, Any]:
         label = _label(method, rank, threshold, seed, ranks, thresholds) + tag
+        notes = ({"lr_grid": grid_rates, "lr_selected_on": "validation" if score_test else None} if grid else
+                 {"lr_grid": [method_learning_rate(method, rate)], "lr_selected_on": "given"})
         return train_method(task, settings, method=method, seed=seed, rank=rank,
-                            ticket=tickets.get(seed, ticket_threshold),
-                            out=out, label=label, learning_rate=rate, score_test=score_test, finished=finished)
+                            ticket=tickets.get(seed, ticket_threshold), out=out, label=label, learning_rate=rate,
+                            score_test=score_test, finished=finished, notes=notes)
 
-    grid = settings.lr_grid
     rows: list[dict[str, Any]] = []
     search = None
     if grid:
@@ -154,9 +158,8 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
                  for seed in grid_seeds]
         others = [seed for seed in settings.seeds if seed not in grid_seeds]
         rows += [run(seed, chosen, score_test=True, tag=_lr_tag(chosen)) for seed in others]
-        actual = [method_learning_rate(method, rate) for rate in grid]
         search = {
-            "method": method, "rank": rank, "threshold": threshold, "lr_grid": actual, "lr_grid_base": list(grid),
+            "method": method, "rank": rank, "threshold": threshold, "lr_grid": grid_rates, "lr_grid_base": list(grid),
             "seeds": list(grid_seeds), "selected_on": "validation", "metric": f"validation_{primary}",
             "selected": method_learning_rate(method, chosen),
             "trials": [{"learning_rate": method_learning_rate(method, rate), "lr_base": rate,
@@ -164,13 +167,8 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
                         "by_seed": {str(seed): row[f"validation_{primary}"] for seed, row in trials[rate].items()}}
                        for rate in grid],
         }
-        for row in rows:
-            row.update(lr_grid=actual, lr_selected_on="validation")
     else:
-        for seed in settings.seeds:
-            row = run(seed, settings.learning_rate, score_test=True)
-            row.update(lr_grid=[row["learning_rate"]], lr_selected_on="given")
-            rows.append(row)
+        rows = [run(seed, settings.learning_rate, score_test=True) for seed in settings.seeds]
     return rows, search
 
 

@@ -96,11 +96,11 @@ def compare_with_reference(results: list[dict[str, Any]], *, reference_method: s
     for result in results:
         if result.get("test_correct"):
             groups[group_label(result)].append(result)
-    references = [label for label, members in groups.items() if members[0]["method"] == reference_method]
-    preferred = [label for label in references if groups[label][0].get("rank") == reference_rank]
-    reference = (preferred or references or [None])[0]
-    if reference is None:
-        return []
+    references = [label for label, members in groups.items() if members[0]["method"] == reference_method
+                  and (reference_rank is None or members[0].get("rank") == reference_rank)]
+    if not references:
+        return []  # no reference at that rank: no comparison rather than one against another rank
+    reference = references[0]
     against = {m["seed"]: correctness_vector(m["test_correct"]) for m in groups[reference]}
     comparisons = []
     for label, members in groups.items():

@@ -130,7 +130,7 @@ def derive_ticket(task: Task, settings: Settings, *, seed: int, threshold: float
 
 def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank: int, ticket: Ticket | None,
                  out: Path, label: str, learning_rate: float, score_test: bool,
-                 finished: dict[str, Any] | None = None) -> dict[str, Any]:
+                 finished: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one method with one seed at one learning rate; save its adapter; return its result row.
 
     Training reports the **validation** metrics after every epoch (``validation_<metric>`` in
@@ -145,6 +145,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         finished: the row of this very run trained earlier by the same command (a grid run
             whose rate was kept): its model is restored from its final checkpoint and only
             scored on test.
+        notes: fields added to the row as they are (how its learning rate was chosen).
 
     The row is also written to ``partial/<label>.json``; ``--resume`` reuses it (and scores it
     on test from its final checkpoint if it still needs that).
@@ -155,7 +156,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
     primary = task.primary_metric
     if finished is not None and (not score_test or finished.get(primary) is not None):
         say(settings, f"[{label}] already finished; reusing its result")
-        return finished
+        return {**finished, **(notes or {})}
     torch.manual_seed(seed)
     model = task.new_model()
     alpha = settings.alpha * rank / settings.rank
@@ -201,6 +202,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         "train_seconds": outcome.train_seconds if finished is None else finished["train_seconds"],
         "peak_rss_bytes": outcome.peak_rss_bytes,
         "history": outcome.history,
+        **(notes or {}),
     }
     if score_test:
         scores = task.score(model, "test")
