@@ -353,3 +353,37 @@ def test_lora_eva_needs_init_batches_and_refuses_what_eva_cannot_adapt():
                      init_batches=eva_batches())
     counts = {budget: build_eva(budget=budget)[0].peft_config["default"].r for budget in (704, 2100)}
     assert counts == {704: 1, 2100: 3}  # rank * sum(m + n) = rank * 704 nearest the budget
+
+
+class _CrashAfter:
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, model, step: int) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt(f"simulated crash after step {step}")
+
+
+def test_a_resumed_peft_adalora_run_allocates_as_the_uninterrupted_one(tmp_path):
+    """PEFT's importance averages and rank pattern travel in the checkpoints: a run resumed in the
+    middle of the rank schedule ends with the same adapter, to the bit."""
+    from partial_lora.training import TensorBatches, TrainingConfig, train
+
+    def run(folder, crash=None, resume=False):
+        model, hooks = build_method("adalora", tiny_bert(num_labels=2), r=2, alpha=4, target_modules=TARGETS,
+                                    modules_to_save=["classifier"], total_steps=10, tinit=2, tfinal=3)
+        config = TrainingConfig(learning_rate=1e-2, epochs=2, cpu=True, progress=False, output_dir=str(folder),
+                                checkpoint_every=1)
+        callbacks = hooks.callbacks + ([_CrashAfter(crash)] if crash else [])
+        train(model, TensorBatches(classification_data(40, seed=0), batch_size=8), config, resume=resume,
+              extra_loss=hooks.extra_loss, callbacks=callbacks)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, model
+
+    whole, whole_model = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", crash=5)  # between tinit and the final allocation
+    resumed, resumed_model = run(tmp_path / "cut", resume=True)
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+    final = whole_model.peft_config["default"].rank_pattern
+    assert final and final == resumed_model.peft_config["default"].rank_pattern

@@ -78,13 +78,37 @@ def build_lora(model: nn.Module, request: MethodRequest) -> tuple[nn.Module, Met
 
 # -- AdaLoRA -------------------------------------------------------------------------------
 class PeftAdaLoraCallback:
-    """Runs PEFT's ``update_and_allocate(step)`` after each optimizer step (before ``zero_grad``)."""
+    """Runs PEFT's ``update_and_allocate(step)`` after each optimizer step (before ``zero_grad``).
+
+    Its state (PEFT's importance averages and the rank pattern fixed so far) goes into the
+    training checkpoints (``state_dict``), so a resumed AdaLoRA run allocates as the
+    uninterrupted one would.
+    """
+
+    STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
     def __init__(self, peft_model: nn.Module) -> None:
         self.peft_model = peft_model
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         self.peft_model.base_model.update_and_allocate(step)
+
+    def _allocator_and_config(self):
+        tuner = self.peft_model.base_model
+        return tuner.rankallocator, tuner.peft_config[tuner.trainable_adapter_name]
+
+    def state_dict(self) -> dict:
+        allocator, config = self._allocator_and_config()
+        state = {key: {name: tensor.detach().clone() for name, tensor in getattr(allocator, key).items()}
+                 for key in self.STATE}
+        state["rank_pattern"] = {name: [bool(v) for v in mask] for name, mask in (config.rank_pattern or {}).items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        allocator, config = self._allocator_and_config()
+        for key in self.STATE:
+            setattr(allocator, key, {name: tensor.clone() for name, tensor in state[key].items()})
+        config.rank_pattern = {name: list(mask) for name, mask in state["rank_pattern"].items()} or None
 
 
 def adalora_schedule(request: MethodRequest) -> dict[str, int]:
