@@ -364,9 +364,21 @@ class _CrashAfter:
             raise KeyboardInterrupt(f"simulated crash after step {step}")
 
 
+class _AllocatorSpy:
+    """Records PEFT's smoothed importance after ``step`` (runs after the allocation callback)."""
+
+    def __init__(self, peft_model, step: int) -> None:
+        self.peft_model, self.step, self.seen = peft_model, step, None
+
+    def on_step_end(self, model, step: int) -> None:
+        if step == self.step:
+            allocator = self.peft_model.base_model.rankallocator
+            self.seen = {name: value.clone() for name, value in allocator.exp_avg_ipt.items()}
+
+
 def test_a_resumed_peft_adalora_run_allocates_as_the_uninterrupted_one(tmp_path):
     """PEFT's importance averages and rank pattern travel in the checkpoints: a run resumed in the
-    middle of the rank schedule ends with the same adapter, to the bit."""
+    middle of the rank schedule carries the same importance history and ends with the same adapter."""
     from partial_lora.training import TensorBatches, TrainingConfig, train
 
     def run(folder, crash=None, resume=False):
@@ -374,15 +386,18 @@ def test_a_resumed_peft_adalora_run_allocates_as_the_uninterrupted_one(tmp_path)
                                     modules_to_save=["classifier"], total_steps=10, tinit=2, tfinal=3)
         config = TrainingConfig(learning_rate=1e-2, epochs=2, cpu=True, progress=False, output_dir=str(folder),
                                 checkpoint_every=1)
-        callbacks = hooks.callbacks + ([_CrashAfter(crash)] if crash else [])
+        spy = _AllocatorSpy(model, 6)
+        callbacks = hooks.callbacks + [spy] + ([_CrashAfter(crash)] if crash else [])
         train(model, TensorBatches(classification_data(40, seed=0), batch_size=8), config, resume=resume,
               extra_loss=hooks.extra_loss, callbacks=callbacks)
-        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, model
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, model, spy.seen
 
-    whole, whole_model = run(tmp_path / "whole")
+    whole, whole_model, whole_importance = run(tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "cut", crash=5)  # between tinit and the final allocation
-    resumed, resumed_model = run(tmp_path / "cut", resume=True)
+        run(tmp_path / "cut", crash=5)  # between tinit and the final allocation (step 7)
+    resumed, resumed_model, resumed_importance = run(tmp_path / "cut", resume=True)
+    assert whole_importance and whole_importance.keys() == resumed_importance.keys()
+    assert all(torch.equal(whole_importance[n], resumed_importance[n]) for n in whole_importance)
     assert whole.keys() == resumed.keys()
     assert all(torch.equal(whole[name], resumed[name]) for name in whole)
     final = whole_model.peft_config["default"].rank_pattern
