@@ -307,3 +307,32 @@ def test_at_keep_ratio_1_it_trains_like_pefts_adalora(schedule):
         assert layer.rank_mask.tolist() == pattern.get(f"{name}.lora_E.default", [True] * layer.r)
     if schedule["tinit"] < 15:
         assert sum(layer.active_rank for layer in adalora_layers(ours).values()) == 4 * 6
+
+
+def test_a_resumed_partial_adalora_run_ends_as_the_uninterrupted_one(tmp_path):
+    """The rank allocator's importance averages travel in the checkpoints (its masks are buffers)."""
+    from conftest import classification_data
+    from partial_lora.methods import build_method
+    from partial_lora.training import TensorBatches, TrainingConfig, train
+
+    class CrashAfter:
+        def on_step_end(self, model, step: int) -> None:
+            if step == 5:
+                raise KeyboardInterrupt("simulated crash")
+
+    def run(folder, crash=False, resume=False):
+        model, hooks = build_method("partial-adalora", tiny_bert(num_labels=2), r=2, alpha=4,
+                                    target_modules=["query", "value"], modules_to_save=["classifier"], keep_ratio=0.5,
+                                    total_steps=10, tinit=2, tfinal=3)
+        config = TrainingConfig(learning_rate=1e-2, epochs=2, cpu=True, progress=False, output_dir=str(folder),
+                                checkpoint_every=1)
+        train(model, TensorBatches(classification_data(40, seed=0), batch_size=8), config, resume=resume,
+              extra_loss=hooks.extra_loss, callbacks=hooks.callbacks + ([CrashAfter()] if crash else []))
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, hooks.callbacks[0]
+
+    whole, whole_callback = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", crash=True)
+    resumed, resumed_callback = run(tmp_path / "cut", resume=True)
+    assert all(torch.equal(whole[name], resumed[name]) for name in whole)
+    assert whole_callback.history == resumed_callback.history

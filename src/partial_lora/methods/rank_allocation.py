@@ -258,6 +258,24 @@ class AllocatorCallback:
     def on_step_end(self, model: nn.Module, step: int) -> None:
         self.history.append((step, self.allocator.update_and_allocate(model, step)))
 
+    def state_dict(self) -> dict:
+        """The allocator's importance averages and phase, for training checkpoints (the rank masks
+        are model buffers and travel with the model)."""
+        allocator = self.allocator
+        return {
+            "sensitivity": {f"{name}/{part}": t.clone() for (name, part), t in allocator._sensitivity.items()},
+            "uncertainty": {f"{name}/{part}": t.clone() for (name, part), t in allocator._uncertainty.items()},
+            "final_mask_done": allocator.final_mask_done,
+            "history": [list(entry) for entry in self.history],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        allocator = self.allocator
+        allocator._sensitivity = {tuple(key.rsplit("/", 1)): t.clone() for key, t in state["sensitivity"].items()}
+        allocator._uncertainty = {tuple(key.rsplit("/", 1)): t.clone() for key, t in state["uncertainty"].items()}
+        allocator.final_mask_done = bool(state["final_mask_done"])
+        self.history = [tuple(entry) for entry in state["history"]]
+
 
 def training_hooks(
     model: nn.Module,
