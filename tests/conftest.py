@@ -16,9 +16,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 from fixtures import (  # noqa: E402,F401  (re-exported: tests import them from conftest)
+    CrashAfter,
     PlainSGD,
     classification_data,
+    dense_reference,
+    masked_layer,
     news_rows,
+    numbered,
     randomize_adapters,
     small_mlp,
     tiny_bert,
@@ -43,3 +47,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def float64_default():
+    """Tensors are created in float64 inside the test (exact numeric checks)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

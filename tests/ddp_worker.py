@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from partial_lora.training import TensorBatches, make_accelerator, train  # noqa: E402
-from test_training import CrashAt, adapted_bert, classification_data, quick_config, trainable_state  # noqa: E402
+from fixtures import CrashAfter, classification_data  # noqa: E402
+from test_training import adapted_bert, quick_config, trainable_state  # noqa: E402
 
 
 def main(out: Path) -> None:
@@ -38,7 +39,7 @@ def main(out: Path) -> None:
     model, whole = run("whole")
     save_file(trainable_state(model), str(out / f"rank{rank}_whole.safetensors"))
     try:
-        run("crashed", callbacks=[CrashAt(5)])
+        run("crashed", callbacks=[CrashAfter(5)])
     except KeyboardInterrupt:
         pass
     model, resumed = run("crashed", resume=True)

@@ -128,3 +128,56 @@ def news_rows(counts: dict[str, int]) -> list[dict]:
     """``counts[label]`` made-up articles per label, as ``{"text", "label"}`` rows."""
     return [{"text": f"an article about {label}, number {i}", "label": label}
             for label, count in counts.items() for i in range(count)]
+
+
+def masked_layer(base: torch.nn.Module, keep: float, r: int = 4, alpha: float = 8.0, seed: int = 0,
+                 multiplier: float = 1.0):
+    """A :class:`PartialLoraLayer` on ``base`` at ``keep`` (random rows/columns) with a random ``B``."""
+    from partial_lora import PartialLoraLayer
+    from partial_lora.layer import base_shape
+    from partial_lora.selection import layer_generator, select_rows_and_columns
+
+    rows, columns = select_rows_and_columns("layer", base_shape(base), keep, "random", seed)
+    layer = PartialLoraLayer(base, rows, columns, r=r, alpha=alpha, generator=layer_generator(seed, "layer", "init"),
+                             multiplier=multiplier)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(layer.lora_B.shape))
+    return layer
+
+
+def dense_reference(layer):
+    """Leaf tensors ``A_full [r, n]``, ``B_full [m, r]`` holding the layer's compact factors, and
+    the 0/1 masks ``u_row [m]``, ``u_col [n]``: ``dW = diag(u_row) B_full A_full diag(u_col) * scaling``."""
+    A_full = torch.zeros(layer.r, layer.in_features)
+    B_full = torch.zeros(layer.out_features, layer.r)
+    A_full[:, layer.lora_columns] = layer.lora_A.detach()
+    B_full[layer.lora_rows] = layer.lora_B.detach()
+    u_row = torch.zeros(layer.out_features)
+    u_col = torch.zeros(layer.in_features)
+    u_row[layer.lora_rows] = 1
+    u_col[layer.lora_columns] = 1
+    return A_full.requires_grad_(), B_full.requires_grad_(), u_row, u_col
+
+
+def numbered(counts: dict[str, int]):
+    """Texts ``"<class> <i>"`` (all distinct), so subsets can be compared by their texts."""
+    from partial_lora.data import LabelledData
+
+    names = sorted(counts)
+    texts, labels = [], []
+    for label, name in enumerate(names):
+        for i in range(counts[name]):
+            texts.append(f"{name} {i}")
+            labels.append(label)
+    return LabelledData(texts, labels, names, "text", "numbered")
+
+
+class CrashAfter:
+    """A training callback that simulates a crash right after optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, model, step: int) -> None:
+        if step == self.step:
+            raise KeyboardInterrupt(f"simulated crash after step {step}")

@@ -311,14 +311,9 @@ def test_at_keep_ratio_1_it_trains_like_pefts_adalora(schedule):
 
 def test_a_resumed_partial_adalora_run_ends_as_the_uninterrupted_one(tmp_path):
     """The rank allocator's importance averages travel in the checkpoints (its masks are buffers)."""
-    from conftest import classification_data
+    from conftest import CrashAfter, classification_data
     from partial_lora.methods import build_method
     from partial_lora.training import TensorBatches, TrainingConfig, train
-
-    class CrashAfter:
-        def on_step_end(self, model, step: int) -> None:
-            if step == 5:
-                raise KeyboardInterrupt("simulated crash")
 
     def run(folder, crash=False, resume=False):
         model, hooks = build_method("partial-adalora", tiny_bert(num_labels=2), r=2, alpha=4,
@@ -327,7 +322,7 @@ def test_a_resumed_partial_adalora_run_ends_as_the_uninterrupted_one(tmp_path):
         config = TrainingConfig(learning_rate=1e-2, epochs=2, cpu=True, progress=False, output_dir=str(folder),
                                 checkpoint_every=1)
         train(model, TensorBatches(classification_data(40, seed=0), batch_size=8), config, resume=resume,
-              extra_loss=hooks.extra_loss, callbacks=hooks.callbacks + ([CrashAfter()] if crash else []))
+              extra_loss=hooks.extra_loss, callbacks=hooks.callbacks + ([CrashAfter(5)] if crash else []))
         return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, hooks.callbacks[0]
 
     whole, whole_callback = run(tmp_path / "whole")

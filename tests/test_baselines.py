@@ -22,7 +22,7 @@ from partial_lora.methods import (
 )
 from partial_lora.methods.partial_adalora import adalora_layers
 
-from conftest import PlainSGD, classification_data, tiny_bert, tiny_llama, token_batch
+from conftest import CrashAfter, PlainSGD, classification_data, tiny_bert, tiny_llama, token_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")  # PEFT's SHiRA
 
@@ -355,15 +355,6 @@ def test_lora_eva_needs_init_batches_and_refuses_what_eva_cannot_adapt():
     assert counts == {704: 1, 2100: 3}  # rank * sum(m + n) = rank * 704 nearest the budget
 
 
-class _CrashAfter:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, model, step: int) -> None:
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated crash after step {step}")
-
-
 class _AllocatorSpy:
     """Records PEFT's smoothed importance after ``step`` (runs after the allocation callback)."""
 
@@ -387,7 +378,7 @@ def test_a_resumed_peft_adalora_run_allocates_as_the_uninterrupted_one(tmp_path)
         config = TrainingConfig(learning_rate=1e-2, epochs=2, cpu=True, progress=False, output_dir=str(folder),
                                 checkpoint_every=1)
         spy = _AllocatorSpy(model, 6)
-        callbacks = hooks.callbacks + [spy] + ([_CrashAfter(crash)] if crash else [])
+        callbacks = hooks.callbacks + [spy] + ([CrashAfter(crash)] if crash else [])
         train(model, TensorBatches(classification_data(40, seed=0), batch_size=8), config, resume=resume,
               extra_loss=hooks.extra_loss, callbacks=callbacks)
         return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}, model, spy.seen

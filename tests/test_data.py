@@ -10,7 +10,7 @@ import torch
 
 from partial_lora import data as data_lib
 from partial_lora.data import LabelledData, few_shot, generation_batches, load_dataset, stratified_split, text_batches
-from conftest import write_csv
+from conftest import numbered, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +25,6 @@ def minilm_tokenizer():
     from partial_lora.models import packaged_minilm_folder
 
     return AutoTokenizer.from_pretrained(packaged_minilm_folder())
-
-
-def numbered(counts: dict[str, int]) -> LabelledData:
-    """Texts ``"<class> <i>"`` (all distinct), so subsets can be compared by their texts."""
-    names = sorted(counts)
-    texts, labels = [], []
-    for label, name in enumerate(names):
-        for i in range(counts[name]):
-            texts.append(f"{name} {i}")
-            labels.append(label)
-    return LabelledData(texts, labels, names, "text", "numbered")
 
 
 # -- packaged datasets -----------------------------------------------------------------

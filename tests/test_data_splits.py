@@ -7,17 +7,7 @@ from collections import Counter
 import pytest
 
 from partial_lora.data import LabelledData, Splits, load_dataset, load_splits, three_way_split
-
-
-def numbered(counts: dict[str, int]) -> LabelledData:
-    """Texts ``"<class> <i>"`` (all distinct), so parts can be compared by their texts."""
-    names = sorted(counts)
-    texts, labels = [], []
-    for label, name in enumerate(names):
-        for i in range(counts[name]):
-            texts.append(f"{name} {i}")
-            labels.append(label)
-    return LabelledData(texts, labels, names, "text", "numbered")
+from conftest import numbered
 
 
 def per_class(data: LabelledData) -> dict[str, int]:

@@ -7,47 +7,18 @@ import torch
 from torch import nn
 
 from partial_lora import PartialLoraLayer
+from conftest import dense_reference, masked_layer
 from partial_lora.selection import layer_generator, select_rows_and_columns
 
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
-
-
-def make_layer(base: nn.Module, keep: float, r: int = 4, alpha: float = 8.0, seed: int = 0, multiplier: float = 1.0):
-    out_features = base.weight.shape[0]
-    in_features = base.weight.shape[1]
-    rows, columns = select_rows_and_columns("layer", (out_features, in_features), keep, "random", seed)
-    layer = PartialLoraLayer(base, rows, columns, r=r, alpha=alpha, generator=layer_generator(seed, "layer", "init"),
-                             multiplier=multiplier)
-    with torch.no_grad():
-        layer.lora_B.copy_(torch.randn(layer.lora_B.shape))
-    return layer
-
-
-def dense_reference(layer: PartialLoraLayer):
-    """Leaf tensors A_full [r, n], B_full [m, r] and the 0/1 masks u_row [m], u_col [n]."""
-    A_full = torch.zeros(layer.r, layer.in_features)
-    B_full = torch.zeros(layer.out_features, layer.r)
-    A_full[:, layer.lora_columns] = layer.lora_A.detach()
-    B_full[layer.lora_rows] = layer.lora_B.detach()
-    u_row = torch.zeros(layer.out_features)
-    u_col = torch.zeros(layer.in_features)
-    u_row[layer.lora_rows] = 1
-    u_col[layer.lora_columns] = 1
-    return A_full.requires_grad_(), B_full.requires_grad_(), u_row, u_col
+pytestmark = pytest.mark.usefixtures("float64_default")  # exact checks in float64 (conftest)
 
 
 @pytest.mark.parametrize("keep, multiplier", [(1.0, 1.0), (0.5, 1.0), (0.13, 1.0), (0.5, 2.0), (0.13, 7.5)])
 def test_compact_linear_equals_dense_masked_lora_outputs_and_gradients(keep, multiplier):
     torch.manual_seed(0)
     base = nn.Linear(24, 40)
-    layer = make_layer(base, keep, multiplier=multiplier)
+    layer = masked_layer(base, keep, multiplier=multiplier)
     assert layer.scaling == pytest.approx(8.0 / 4 * multiplier**2)
     A_full, B_full, u_row, u_col = dense_reference(layer)
     x = torch.randn(3, 5, 24)
@@ -70,7 +41,7 @@ def test_compact_linear_equals_dense_masked_lora_outputs_and_gradients(keep, mul
 def test_compact_pointwise_conv_equals_dense_masked_reference():
     torch.manual_seed(1)
     base = nn.Conv2d(12, 20, kernel_size=1, stride=2, padding=1)
-    layer = make_layer(base, 0.4)
+    layer = masked_layer(base, 0.4)
     A_full, B_full, u_row, u_col = dense_reference(layer)
     x = torch.randn(2, 12, 7, 7)
     y = layer(x)
@@ -89,7 +60,7 @@ def test_keep_ratio_one_is_exactly_peft_lora():
 
     torch.manual_seed(2)
     net = nn.Sequential(nn.Linear(16, 16))
-    layer = make_layer(nn.Linear(16, 16), 1.0, r=4, alpha=8.0)
+    layer = masked_layer(nn.Linear(16, 16), 1.0, r=4, alpha=8.0)
     with torch.no_grad():
         layer.weight.copy_(net[0].weight)
         layer.bias.copy_(net[0].bias)
@@ -106,7 +77,7 @@ def test_merge_then_unmerge_is_exact_and_merged_forward_matches():
     torch.manual_seed(3)
     base = nn.Linear(30, 18)
     original = base.weight.detach().clone()
-    layer = make_layer(base, 0.3)
+    layer = masked_layer(base, 0.3)
     x = torch.randn(6, 30)
     before = layer(x)
     layer.merge()
@@ -121,7 +92,7 @@ def test_merge_then_unmerge_is_exact_and_merged_forward_matches():
 def test_half_precision_merge_is_computed_in_float32():
     torch.manual_seed(4)
     base = nn.Linear(64, 64).to(torch.bfloat16)
-    layer = make_layer(base, 0.5)
+    layer = masked_layer(base, 0.5)
     expected = (base.weight.detach().float() + layer.delta_weight(torch.float32)).to(torch.bfloat16)
     layer.merge()
     assert layer.weight.dtype == torch.bfloat16
@@ -185,7 +156,7 @@ def test_keep_compensation_under_adam_is_the_plain_layer_at_k_times_the_learning
 def test_an_exact_linear_layer_still_takes_the_fused_kernel(dtype):
     """The fused kernel is what the float32 numbers of past runs came from; only exact nn.Linear
     layers with one dtype throughout take it."""
-    layer = make_layer(nn.Linear(16, 12).to(dtype), 0.5)
+    layer = masked_layer(nn.Linear(16, 12).to(dtype), 0.5)
     assert not layer.own_forward and layer.lora_A.dtype == dtype
     y = layer(torch.randn(3, 16, dtype=dtype))
     assert type(y.grad_fn).__name__ == "FusedPartialLinearBackward"

@@ -16,22 +16,16 @@ from transformers.pytorch_utils import Conv1D
 
 import partial_lora
 from partial_lora import AdapterFileError, PartialLoraConfig, PartialLoraLayer
-from partial_lora.layer import base_shape, weight_matrix
+from partial_lora.layer import weight_matrix
 from partial_lora.naming import set_submodule
-from partial_lora.selection import layer_generator, select_rows_and_columns
 from partial_lora.ticket import find_ticket
 
-from conftest import randomize_adapters, tiny_gpt2, token_batch
+from conftest import dense_reference, masked_layer, randomize_adapters, tiny_gpt2, token_batch
 
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64_default")  # exact checks in float64 (conftest)
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -67,26 +61,9 @@ class ScaledLinear(nn.Linear):
         return super().forward(x) * self.scale
 
 
-def make_layer(base: nn.Module, keep: float, multiplier: float = 1.0) -> PartialLoraLayer:
-    rows, columns = select_rows_and_columns("layer", base_shape(base), keep, "random", 0)
-    layer = PartialLoraLayer(base, rows, columns, r=4, alpha=8.0, generator=layer_generator(0, "layer", "init"),
-                             multiplier=multiplier)
-    with torch.no_grad():
-        layer.lora_B.copy_(torch.randn(layer.lora_B.shape))
-    return layer
-
-
 def dense_delta(layer: PartialLoraLayer):
     """Leaf ``A_full [r, n]``, ``B_full [m, r]`` and ``dW = diag(u_row) B A diag(u_col) * scaling`` ``[m, n]``."""
-    A_full = torch.zeros(layer.r, layer.in_features)
-    B_full = torch.zeros(layer.out_features, layer.r)
-    A_full[:, layer.lora_columns] = layer.lora_A.detach()
-    B_full[layer.lora_rows] = layer.lora_B.detach()
-    A_full.requires_grad_()
-    B_full.requires_grad_()
-    u_row, u_col = torch.zeros(layer.out_features), torch.zeros(layer.in_features)
-    u_row[layer.lora_rows] = 1
-    u_col[layer.lora_columns] = 1
+    A_full, B_full, u_row, u_col = dense_reference(layer)
     return A_full, B_full, torch.diag(u_row) @ B_full @ A_full @ torch.diag(u_col) * layer.scaling
 
 
@@ -100,7 +77,7 @@ def test_conv1d_layer_equals_the_dense_masked_reference_and_keeps_its_transposed
     torch.manual_seed(0)
     base = Conv1D(40, 24)  # nf=40 outputs, nx=24 inputs: weight [24, 40]
     original = base.weight.detach().clone()
-    layer = make_layer(base, 0.4, multiplier=2.0)
+    layer = masked_layer(base, 0.4, multiplier=2.0)
     assert layer.kind == "transposed_linear" and (layer.out_features, layer.in_features) == (40, 24)
     assert layer.weight is base.weight
     A_full, B_full, delta = dense_delta(layer)
@@ -123,7 +100,7 @@ def test_conv1d_layer_equals_the_dense_masked_reference_and_keeps_its_transposed
 def test_same_padded_pointwise_conv_subclass_adds_the_update_to_its_own_forward():
     torch.manual_seed(1)
     base = SamePadConv2d(12, 20, kernel_size=1, stride=2)
-    layer = make_layer(base, 0.4)
+    layer = masked_layer(base, 0.4)
     assert layer.kind == "conv1x1" and layer.own_forward
     A_full, B_full, delta = dense_delta(layer)
     x = torch.randn(2, 12, 7, 7)
@@ -142,7 +119,7 @@ def test_same_padded_pointwise_conv_subclass_adds_the_update_to_its_own_forward(
 
 def test_a_subclass_forward_runs_on_the_layers_current_weight_and_mode():
     base = DoubledLinear(6, 4)
-    layer = make_layer(base, 1.0)
+    layer = masked_layer(base, 1.0)
     new_weight = nn.Parameter(torch.randn(4, 6))
     layer.load_state_dict({**layer.state_dict(), "weight": new_weight}, assign=True)
     x = torch.randn(3, 6)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import partial_lora
-from conftest import classification_data, tiny_bert
+from conftest import CrashAfter, classification_data, tiny_bert
 from partial_lora.training import (
     CheckpointError,
     TensorBatches,
@@ -47,17 +47,6 @@ def quick_config(tmp_path: Path, **changes) -> TrainingConfig:
     settings = dict(learning_rate=1e-2, epochs=2, cpu=True, progress=False, output_dir=str(tmp_path), checkpoint_every=3)
     settings.update(changes)
     return TrainingConfig(**settings)
-
-
-class CrashAt:
-    """A callback that simulates a crash right after optimizer step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, model, step: int) -> None:
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated crash after step {step}")
 
 
 class DictDataset(torch.utils.data.Dataset):
@@ -167,7 +156,7 @@ def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(tmp_path, dropout,
 
     reference, expected = run(tmp_path / "whole")
     with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "crashed", callbacks=[CrashAt(7)])
+        run(tmp_path / "crashed", callbacks=[CrashAfter(7)])
     assert latest_checkpoint(tmp_path / "crashed" / "checkpoint").name == "checkpoint-00000006"
     resumed, result = run(tmp_path / "crashed", resume=True)
 
@@ -310,7 +299,7 @@ def test_nan_in_an_input_batch_is_reported_by_name(tmp_path):
 def crashed_run(tmp_path: Path) -> Path:
     with pytest.raises(KeyboardInterrupt):
         train(adapted_bert(), TensorBatches(classification_data(40, seed=0), batch_size=8), quick_config(tmp_path),
-              callbacks=[CrashAt(5)])
+              callbacks=[CrashAfter(5)])
     return latest_checkpoint(tmp_path / "checkpoint")
 
 
