@@ -32,9 +32,7 @@ def main_table(w: Writer) -> None:
           "is trained at it and scored once on test. *vs lora*: the paired difference on the same test examples "
           f"(seeds pooled, 95 % bootstrap interval over examples); {VERDICT_RULE}. Trainable parameters include "
           "the new head where the task has one; optimizer state and adapter file are bytes per model.", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         if w.missing(runs, "main"):
             continue
         groups = _main_groups(evidence)
@@ -80,9 +78,7 @@ def learning_rate_section(w: Writer) -> None:
           "**validation** split only; the rate with the best validation score is kept (ties: the lower rate). The "
           "grid runs that were not kept were never scored on test. Cells: validation metric (%) at each rate; "
           "**bold**: the selected rate.", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         if w.missing(runs, "main"):
             continue
         searches = runs.searches
@@ -156,9 +152,7 @@ def pareto_section(w: Writer) -> None:
           "the interval's width). *left of the range*: fewer parameters than any LoRA "
           "run, compared with the smallest one (a point below it there is not beaten by a measured LoRA of its "
           "size).", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         if w.missing(runs, "main", "pareto", "matched") and not evidence.front():
             continue
         front = evidence.front()

@@ -24,9 +24,7 @@ def selection_section(w: Writer) -> None:
           "The same per-layer ratios (each seed's ticket); rows and columns chosen at random (Partial-LoRA), the "
           "top-scored ones (targeted, the seed's Targeted-LoRA) or sampled in proportion to the score (stochastic). "
           "Differences are paired against Partial-LoRA.", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         planned = [m for m in ("targeted", "stochastic") if m in runs.setting.methods]
         if w.missing(runs, "main") or not planned:
             if not planned:
@@ -46,9 +44,7 @@ def uniform_section(w: Writer) -> None:
           "Uniform uses one keep ratio for every layer, chosen so its adapters total (never more than) what the "
           "ticket's per-layer ratios total at the same tau; each uniform row is paired against Partial-LoRA at "
           "its tau (tau 0.9 in the main part, the others in the Pareto part).", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         if "uniform" not in runs.setting.methods:
             w.add("*Not run for this setting (cost; see `studies/plan.py`): uniform.*", "")
             continue
@@ -78,9 +74,7 @@ def threshold_section(w: Writer) -> None:
           "majority-class floor (relative, our default) or of the raw score (absolute, the paper's wording). "
           "Relative tau 0.9 is the main table's Partial-LoRA (the reference here); the other relative taus come from "
           "the Pareto part, the absolute ones from the thresholds part.", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         if w.missing(runs, "main", "pareto", "thresholds") and not runs.has("main"):
             continue
         partial = _partial(evidence)
@@ -110,9 +104,7 @@ def rank_section(w: Writer) -> None:
           "Partial-LoRA with each seed's ticket ratios. The seed's Fig. 6 claim: a higher rank with a sparser mask "
           "beats a lower dense rank at a similar count; here Partial-LoRA r=16 is paired against Partial-LoRA r=8 "
           "and against the LoRA rank nearest its parameter count.", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         if w.missing(runs, "main", "pareto", "ranks") and not runs.has("main"):
             continue
         lora = evidence.lora_points()

@@ -64,9 +64,7 @@ def ticket_section(w: Writer, *, default_shots: int) -> None:
           "over LoRA's. *ratio spread*: per-layer standard deviation of the keep ratio across seeds, averaged over "
           "layers. *overlap*: Jaccard overlap of the top 10 % rows / columns by score, averaged over layers, between "
           "seeds (same shots) or against the largest shot count (same seed).", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         if w.missing(runs, "tickets"):
             continue
         svd: dict[int, dict[int, Ticket]] = defaultdict(dict)
@@ -127,9 +125,7 @@ def layer_section(w: Writer) -> None:
           "Keep ratios of the main part's svd tickets (mean over seeds) and, per target layer, the size of the "
           "learned update ‖scale · B A‖_F / ‖W‖_F of LoRA and Partial-LoRA after training at their selected "
           "rates (mean over seeds).", "")
-    for name, evidence in w.evidence.items():
-        runs = evidence.runs
-        w.add(f"### {runs.setting.title}", "")
+    for name, evidence, runs in w.by_setting():
         if w.missing(runs, "main"):
             continue
         tickets = runs.main_tickets

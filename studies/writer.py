@@ -34,6 +34,12 @@ class Writer:
         if made:
             self.add("<details><summary>commands</summary>", "", "```", *made, "```", "", "</details>", "")
 
+    def by_setting(self):
+        """``(name, evidence, runs)`` of each setting, its subsection heading written first."""
+        for name, evidence in self.evidence.items():
+            self.add(f"### {evidence.runs.setting.title}", "")
+            yield name, evidence, evidence.runs
+
     def missing(self, runs: SettingRuns, *parts: str) -> bool:
         """Say which of ``parts`` were not planned, have no results yet, or were cut short.
 
