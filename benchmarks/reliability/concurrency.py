@@ -211,15 +211,19 @@ def whole_run_problems(out: Path, succeeded: list[int]) -> list[str]:
     """What keeps ``out`` from holding one whole run, of one of the seeds that reported success."""
     from partial_lora.adapter_files import read_adapter
 
+    missing = [name for name in ("results.json", "run.json", "ticket.json", "report.md") if not (out / name).is_file()]
+    problems = [f"--out lacks {missing}"] if missing else []
     try:
         results = json.loads((out / "results.json").read_text())
-        record = json.loads((out / "run.json").read_text())
     except (OSError, ValueError) as err:
-        return [f"--out holds no readable results.json and run.json ({type(err).__name__}: {err})"]
-    problems = []
+        return problems + [f"results.json does not read ({type(err).__name__})"]
     seeds = {row["seed"] for row in results["results"]}
-    if len(seeds) != 1 or record["settings"]["seeds"] != sorted(seeds):
-        problems.append(f"results.json holds seeds {sorted(seeds)}, run.json says {record['settings']['seeds']}")
+    try:
+        recorded = json.loads((out / "run.json").read_text())["settings"]["seeds"]
+    except (OSError, ValueError, KeyError):
+        recorded = None
+    if len(seeds) != 1 or (recorded is not None and recorded != sorted(seeds)):
+        problems.append(f"results.json holds seeds {sorted(seeds)}, run.json says {recorded}")
     if succeeded and not seeds & set(succeeded):
         problems.append(f"runs --seed {succeeded} reported success, --out holds seed {sorted(seeds)}")
     lost = [s for s in succeeded if s not in seeds]
