@@ -45,7 +45,7 @@ def main_table(w: Writer) -> None:
                                                            if runs.notes.get("main") else "") + ".", "")
         absent = [m for m in plan.MAIN_METHODS if m not in runs.setting.methods]
         if absent:
-            w.add(f"*Not run for this setting (cost; see `studies/plan.py`): {', '.join(absent)}.*", "")
+            w.add(f"*Left out of this setting's plan (cost; see `studies/plan.py`): {', '.join(absent)}.*", "")
         w.add(_partial_vs_lora(evidence), "")
         others = [g for g in groups if g is not evidence.lora]
         w.image(plots.differences([evidence.compare(g, evidence.lora) for g in others], [g.label for g in others],

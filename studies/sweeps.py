@@ -28,7 +28,7 @@ def selection_section(w: Writer) -> None:
         planned = [m for m in ("targeted", "stochastic") if m in runs.setting.methods]
         if w.missing(runs, "main") or not planned:
             if not planned:
-                w.add("*Not run for this setting (cost; see `studies/plan.py`): targeted, stochastic.*", "")
+                w.add("*Left out of this setting's plan (cost; see `studies/plan.py`): targeted, stochastic.*", "")
             continue
         partial = _partial(evidence)
         groups = [g for g in [partial, *(evidence.find("main", m) for m in planned)] if g is not None]
@@ -46,7 +46,7 @@ def uniform_section(w: Writer) -> None:
           "its tau (tau 0.9 in the main part, the others in the Pareto part).", "")
     for name, evidence, runs in w.by_setting():
         if "uniform" not in runs.setting.methods:
-            w.add("*Not run for this setting (cost; see `studies/plan.py`): uniform.*", "")
+            w.add("*Left out of this setting's plan (cost; see `studies/plan.py`): uniform.*", "")
             continue
         if w.missing(runs, "main", "pareto") and not runs.has("main"):
             continue

@@ -141,7 +141,7 @@ def test_overwrite_replaces_the_results_only_when_the_new_run_has_finished(earli
     rows = json.loads((out / "results.json").read_text())["results"]
     assert {r["seed"] for r in rows} == {1}
     assert not (out / "note-of-mine.txt").exists()  # --overwrite means the folder is the new run's
-    assert not list(tmp_path.glob(".out.partial-lora-*"))
+    assert not list(tmp_path.glob(".out.partial-lora-w*")) and not list(tmp_path.glob(".out.partial-lora-old"))
 
 
 # -- 2. YAML values are parsed as the flags are ------------------------------------------
@@ -152,8 +152,14 @@ def write_yaml(tmp_path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("yaml_text, words", [
-    ('overwrite: "false"\n', ["overwrite", "true or false"]),
-    ('resume: "no"\n', ["resume", "true or false"]),
+    ('overwrite: "false"\n', ["already holds results"]),  # "false" means false: nothing is overwritten
+    ('resume: "no"\n', ["already holds results"]),
+    ("overwrite: maybe\n", ["overwrite", "true or false"]),
+    ("seed: 1\nseed: 2\n", ["seed", "more than once"]),
+    ("learning_rate: 1e-3\nlearning-rate: 2e-3\n", ["learning_rate", "twice"]),
+    ("a: &x [1]\nseeds: *x\n", ["aliases"]),
+    ("out: !!binary aGVsbG8=\n", ["tags"]),
+    ("seeds: [[0, 1]]\n", ["nest too deep"]),
     ("epochs: [1, 2]\n", ["epochs", "takes one value"]),
     ("learning_rate: fast\n", ["learning_rate", "expected a number"]),
     ("seeds: {a: 1}\n", ["seeds"]),
@@ -176,12 +182,14 @@ def test_yaml_values_mean_what_the_same_flags_mean(tmp_path, cache_dir):
     from partial_lora.cli import build_parser, settings_from_args
 
     config = write_yaml(tmp_path, "learning_rate: 1e-3\nmodules_to_save: classifier\nmethods: [lora, partial-lora]\n"
-                                  "seeds: 0,1\nout: 5\nlr_grid: [1e-3, 2e-3]\ntarget_modules: query,value\n")
+                                  "seeds: 0,1\nout: 5\nlr_grid: [1e-3, 2e-3]\ntarget_modules: query,value\n"
+                                  "seed: 010\noverwrite: yes\n")
     args = build_parser().parse_args(["compare", "--config", str(config)])
     settings = settings_from_args(args)
     assert settings.learning_rate == 1e-3 and settings.modules_to_save == ["classifier"]
     assert settings.methods == ["lora", "partial-lora"] and settings.seeds == [0, 1]
     assert settings.out == "5" and settings.lr_grid == [1e-3, 2e-3] and settings.target_modules == ["query", "value"]
+    assert settings.seed == 10 and settings.overwrite is True  # as --seed 010 and the flag --overwrite
 
 
 # -- 3. --resume verifies the run it continues --------------------------------------------
@@ -262,3 +270,41 @@ def test_results_get_the_permissions_a_plain_write_would_give(earlier):
     wrong = {str(p.relative_to(earlier)): oct(stat.S_IMODE(p.stat().st_mode)) for p in earlier.rglob("*")
              if stat.S_IMODE(p.stat().st_mode) != ((0o777 if p.is_dir() else 0o666) & ~umask)}
     assert not wrong
+
+
+# -- two commands, one --out ------------------------------------------------------------
+def test_a_second_command_writing_the_same_out_is_refused_until_the_first_has_finished(tmp_path):
+    from partial_lora.commands.output import Output
+    from partial_lora.commands.settings import Settings
+
+    out = tmp_path / "out"
+    first = Output(Settings(out=str(out)))
+    work = first.open()
+    (work / "results.json").write_text("{}")
+    second = Output(Settings(out=str(out), overwrite=True))
+    with pytest.raises(FileExistsError, match="another partial-lora command is writing it"):
+        second.open()
+    assert (work / "results.json").is_file()  # the second touched nothing of the first's work
+    first.commit()
+    assert (out / "results.json").is_file()
+    second.open()  # free again once the first has finished
+    second.commit()
+
+
+def test_resume_may_add_seeds_but_not_drop_them(earlier, tmp_path, capsys):
+    out = copy_of(earlier, tmp_path)
+    before = snapshot(out)
+    assert main(["run", "--out", str(out), *TINY, "--seeds", "1", "--resume"]) == 2
+    assert "seeds: [0] no longer given" in capsys.readouterr().err
+    assert snapshot(out) == before
+
+
+def test_a_write_error_inside_safetensors_is_reported_as_what_it_is():
+    from partial_lora.cli import expected_failure
+
+    class SafetensorError(Exception):
+        pass
+
+    assert "no space left" in expected_failure(SafetensorError("Error while serializing: IoError(No space left on "
+                                                               "device (os error 28))"))
+    assert "damaged" in expected_failure(SafetensorError("Error while deserializing header: HeaderTooLarge"))

@@ -99,3 +99,33 @@ def test_every_damaged_file_is_a_clean_error_naming_it(tmp_path, kind):
                     continue
                 assert name.endswith((".json", "latest")), (name, mutation)
                 json.loads((folder / name).read_text(encoding="utf-8"))
+
+
+def test_a_pipe_or_device_in_place_of_an_adapter_file_is_refused_not_read_forever(tmp_path):
+    import os
+    import threading
+
+    import partial_lora
+    from conftest import tiny_bert
+    from partial_lora import AdapterFileError, PartialLoraConfig
+
+    folder = tmp_path / "adapter"
+    partial_lora.save(partial_lora.apply(tiny_bert(), PartialLoraConfig(r=2, keep_ratio=0.5)), folder)
+    for name in ("adapter_model.safetensors", "adapter_config.json"):
+        (folder / name).rename(folder / (name + ".kept"))
+        os.mkfifo(folder / name)
+        outcome = {}
+
+        def load() -> None:
+            try:
+                partial_lora.load(tiny_bert(), folder)
+            except AdapterFileError as err:
+                outcome["error"] = str(err)
+
+        reader = threading.Thread(target=load, daemon=True)
+        reader.start()
+        reader.join(timeout=20)
+        assert not reader.is_alive(), f"loading blocked on a pipe named {name}"
+        assert "not a regular file" in outcome.get("error", ""), outcome
+        (folder / name).unlink()
+        (folder / (name + ".kept")).rename(folder / name)

@@ -201,8 +201,9 @@ def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
 
 
 def weight_checksum(weight: torch.Tensor) -> float:
-    """Mean absolute value of a base weight (float64): the only base check of files written
-    before :func:`weight_samples` existed (it misses a negated or permuted weight)."""
+    """Mean absolute value of a base weight (float64). Checked next to :func:`weight_samples`
+    (it sees every entry, so a large local edit the 32 samples miss changes it; alone, as in
+    files written before the samples, it misses a negated or permuted weight)."""
     return float(weight.detach().to(torch.float64).abs().mean())
 
 
@@ -286,7 +287,7 @@ def _read_config(directory: Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise AdapterFileError(f"adapter folder {str(directory)!r} does not exist; check the path")
     config_path = directory / CONFIG_NAME
-    if not config_path.is_file():
+    if not config_path.is_file() and not config_path.exists():
         raise AdapterFileError(f"{config_path} is missing: not a Partial-LoRA adapter folder (save one with partial_lora.save)")
     fix = "restore it or save the adapter again"
     document = read_json_object(config_path, error=AdapterFileError, fix=fix)
@@ -500,7 +501,7 @@ def _verify_layers(model, document, tensors, check_base_weights):
         shapes[name] = (kind, *shape)
         if check_base_weights and name in samples:
             check_weight_samples(name, module.weight, samples[name], CONFIG_NAME)
-        elif check_base_weights and name in checksums:  # files written before the samples
+        if check_base_weights and name in checksums:  # with the samples: catches edits the samples miss
             have, want = weight_checksum(module.weight), float(checksums[name])
             if abs(have - want) > 1e-3 * max(abs(want), 1e-12):
                 raise AdapterFileError(

@@ -171,52 +171,98 @@ def _version() -> str:
 def read_yaml_config(path: str, allowed: Sequence[str]) -> dict[str, Any]:
     """Options from a YAML file, parsed exactly as the same flags on the command line.
 
-    Keys are option names (``-`` or ``_``); unknown keys are an error. A flag (``overwrite``,
-    ``resume``) takes a YAML boolean (``true`` / ``false``); every other option takes what the
-    flag takes, written as a YAML scalar (a number or a string: ``learning_rate: 1e-3`` is the
-    same as ``--learning-rate 1e-3``) or, for comma-separated options (``methods``, ``seeds``,
-    ``target_modules``...), a YAML list. Anything else is an error naming the key.
+    Keys are option names (``-`` or ``_``); unknown or repeated keys are an error. Every value
+    is read as the text it is written as (YAML's own typing is not used: ``seed: 010`` is the
+    same as ``--seed 010``) and goes through the flag's own parser; a flag (``overwrite``,
+    ``resume``) takes ``true`` / ``false`` (or ``yes`` / ``no``), a comma-separated option
+    (``methods``, ``seeds``, ``target_modules``...) also a YAML list. Anchors, aliases, tags
+    and nested values are refused. Errors name the key.
     """
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"--config {path}: no such file")
     try:
-        values = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        text = file.read_text(encoding="utf-8-sig")
+        values = _plain_yaml(text, path)
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--config {path} is not UTF-8 text ({err}); save it as UTF-8") from None
+    except yaml.YAMLError as err:
         raise UsageError(f"--config {path} is not valid YAML: {err}") from None
+    if values is None:
+        return {}
     if not isinstance(values, dict):
         raise UsageError(f"--config {path} must hold a mapping of option: value")
-    normalised = {str(key).replace("-", "_"): value for key, value in values.items()}
+    normalised: dict[str, Any] = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name in normalised:
+            raise UsageError(f"--config {path}: option {name} is given twice; keep one")
+        normalised[name] = value
     unknown = sorted(set(normalised) - set(allowed))
     if unknown:
         raise UsageError(f"--config {path}: unknown option(s) {unknown}; this command accepts {sorted(allowed)}")
     return {key: _yaml_value(path, key, value) for key, value in normalised.items()}
 
 
+MAX_YAML_DEPTH = 2  # the file's mapping, and a list as an option's value
+
+
+def _plain_yaml(text: str, path: str) -> Any:
+    """The document as plain text values: refuses anchors, aliases, tags, nesting and repeated keys."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.BaseLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise UsageError(f"--config {path}: anchors and aliases (&name / *name) are not supported in option "
+                             "files; write each value out")
+        if getattr(event, "tag", None) not in (None, "!"):
+            raise UsageError(f"--config {path}: YAML tags ({event.tag}) are not supported; write plain values")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise UsageError(f"--config {path}: values nest too deep; an option takes one value or a list of values")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    node = yaml.compose(text, Loader=yaml.BaseLoader)
+    if isinstance(node, yaml.MappingNode):
+        keys = [key.value for key, _ in node.value]
+        repeated = sorted({key for key in keys if keys.count(key) > 1})
+        if repeated:
+            raise UsageError(f"--config {path}: option(s) {repeated} given more than once; keep one of each")
+    return yaml.load(text, Loader=yaml.BaseLoader)
+
+
 LIST_OPTIONS = {name for name, (kind, _) in OPTIONS.items() if kind in (_str_list, _int_list, _float_list, _targets)}
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "on"), ("false", "no", "off")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _yaml_value(path: str, key: str, value: Any) -> Any:
-    """One YAML value through the option's own command-line parser."""
+    """One YAML value (text, or a list of texts) through the option's own command-line parser."""
     kind = OPTIONS[key][0]
     where = f"--config {path}: {key}"
-    if kind is None:  # a flag
-        if not isinstance(value, bool):
-            raise UsageError(f"{where}: expected true or false, got {value!r} ({type(value).__name__}); write "
-                             f"{key}: true, or leave it out")
-        return value
-    if value is None:
+    if value is None or value == "" or value == []:
         raise UsageError(f"{where} has no value; give one, or leave the key out")
-    if isinstance(value, bool) or isinstance(value, dict):
-        raise UsageError(f"{where}: got {value!r} ({type(value).__name__}); expected what --{key.replace('_', '-')} takes")
+    if isinstance(value, dict):
+        raise UsageError(f"{where}: got a mapping ({_shown(value)}); expected what --{key.replace('_', '-')} takes")
+    if kind is None:  # a flag
+        word = value.lower() if isinstance(value, str) else None
+        if word in TRUE_WORDS or word in FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise UsageError(f"{where}: expected true or false, got {_shown(value)}; write {key}: true, or leave it out")
     if isinstance(value, list):
         if key not in LIST_OPTIONS:
-            raise UsageError(f"{where}: got a list ({value!r}); --{key.replace('_', '-')} takes one value")
-        if not value or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
-            raise UsageError(f"{where}: expected a non-empty list of plain values, got {value!r}")
-        text = ",".join(str(v) for v in value)
+            raise UsageError(f"{where}: got a list ({_shown(value)}); --{key.replace('_', '-')} takes one value")
+        if not all(isinstance(v, str) and v for v in value):
+            raise UsageError(f"{where}: expected a list of plain values, got {_shown(value)}")
+        text = ",".join(value)
     else:
-        text = str(value)
+        text = value
+    if key not in ("methods", "target_modules", "modules_to_save") and text.strip().lower() in (*TRUE_WORDS, *FALSE_WORDS):
+        raise UsageError(f"{where}: got {_shown(value)}; expected what --{key.replace('_', '-')} takes")
     try:
         return kind(text)
     except (argparse.ArgumentTypeError, ValueError) as err:
@@ -260,7 +306,13 @@ def expected_failure(err: BaseException) -> str | None:
     if isinstance(err, OSError):
         return _os_error(err)
     if type(err).__name__ == "SafetensorError":
-        return f"a safetensors file is damaged or incomplete ({err}); restore or re-create it"
+        text = str(err)
+        for marker, hint in (("No space left", "no space left on the device; free some space or choose another --out"),
+                             ("Permission denied", "permission denied; choose a folder you can write (--out)"),
+                             ("Read-only file system", "the file system is read-only; choose another --out")):
+            if marker in text:
+                return f"{hint} ({text})"
+        return f"a safetensors file is damaged or incomplete ({text}); restore or re-create it"
     return None
 
 

@@ -36,6 +36,7 @@ except ImportError:  # Windows: folders are not locked there (see folder_lock)
     fcntl = None
 
 DIGEST_FIELD = "document_sha256"
+JSON_LIMIT = 64 * 2**20  # bytes: far more than any document this package writes
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 
 
@@ -202,13 +203,15 @@ def read_json_object(path: str | os.PathLike, *, error: type[DamagedFileError], 
     """Parse a JSON file that must hold an object; a missing or damaged file raises ``error``."""
     path = Path(path)
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        document = json.loads(read_regular_file(path, JSON_LIMIT).decode("utf-8"))
     except FileNotFoundError:
         raise error(f"{path} is missing: {fix}") from None
     except OSError as err:  # a folder in its place, no permission to read it, ...
         raise error(f"{path} cannot be read ({err.strerror or err}); check that it is a readable file") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise error(f"{path} is not valid JSON ({type(err).__name__}: {err}); the file is damaged: {fix}") from None
+    except ValueError as err:  # not a regular file, or far too large for what it claims to be
+        raise error(f"{err}: {fix}") from None
     if not isinstance(document, dict):
         raise error(f"{path} must hold a JSON object: {fix}")
     return document
@@ -246,6 +249,23 @@ def read_document(path: str | os.PathLike, *, format: str, version: int, error: 
 
 
 # -- tensors ---------------------------------------------------------------------------
+def read_regular_file(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` if it is a regular file (not a FIFO, a device or a socket, which
+    could be read forever), at most ``limit`` bytes (``ValueError`` beyond it)."""
+    import stat
+
+    # O_NONBLOCK: opening a FIFO would otherwise wait for a writer before fstat could refuse it.
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with os.fdopen(descriptor, "rb") as stream:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise IsADirectoryError(path) if stat.S_ISDIR(info.st_mode) else ValueError(
+                f"{path} is not a regular file (a pipe, device or socket); give a file")
+        if limit is not None and info.st_size > limit:
+            raise ValueError(f"{path} holds {info.st_size:,} bytes, more than the {limit:,} such a file can need")
+        return stream.read()
+
+
 def read_tensors(path: str | os.PathLike, expected_sha256: str | None, *,
                  error: type[DamagedFileError] = DamagedFileError) -> dict[str, torch.Tensor]:
     """Load a safetensors file, refusing anything else and checking its sha256 (unless None).
@@ -257,13 +277,15 @@ def read_tensors(path: str | os.PathLike, expected_sha256: str | None, *,
 
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         offered = [p.name for p in path.parent.glob("*") if p.suffix in PICKLE_SUFFIXES] if path.parent.is_dir() else []
         hint = f" (found {offered}: pickle-based files are never read; convert them to safetensors)" if offered else ""
         raise error(f"{path} is missing{hint}") from None
     except OSError as err:
         raise error(f"{path} cannot be read ({err.strerror or err}); check that it is a readable file") from None
+    except ValueError as err:
+        raise error(str(err)) from None
     if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
         raise error(
             f"{path} does not match the checksum its folder recorded (sha256 differs): it was changed or written "

@@ -39,26 +39,26 @@ def eval_command(settings: Settings, args: Any) -> int:
 
 
 def export_command(settings: Settings, args: Any) -> int:
-    output = Output(settings)
-    output.check()
-    _, base, _ = _base_for_adapter(settings, Path(args.adapter))
-    model = adapter_files.load(base, args.adapter)
-    export_peft(model, output.open())
-    out = output.commit()
-    print(f"wrote a PEFT LoRA folder to {out}")
-    return 0
+    with Output(settings) as output:  # holds --out's lock until the command ends
+        output.check()
+        _, base, _ = _base_for_adapter(settings, Path(args.adapter))
+        model = adapter_files.load(base, args.adapter)
+        export_peft(model, output.open())
+        out = output.commit()
+        print(f"wrote a PEFT LoRA folder to {out}")
+        return 0
 
 
 def merge_command(settings: Settings, args: Any) -> int:
-    output = Output(settings)
-    output.check()
-    task, base, _ = _base_for_adapter(settings, Path(args.adapter))
-    model = merge(adapter_files.load(base, args.adapter))
-    work = output.open()
-    model.save_pretrained(work, safe_serialization=True)
-    if task.tokenizer is not None:
-        task.tokenizer.save_pretrained(work)
-    give_plain_modes(work)
-    out = output.commit()
-    print(f"wrote the merged model to {out}")
-    return 0
+    with Output(settings) as output:  # holds --out's lock until the command ends
+        output.check()
+        task, base, _ = _base_for_adapter(settings, Path(args.adapter))
+        model = merge(adapter_files.load(base, args.adapter))
+        work = output.open()
+        model.save_pretrained(work, safe_serialization=True)
+        if task.tokenizer is not None:
+            task.tokenizer.save_pretrained(work)
+        give_plain_modes(work)
+        out = output.commit()
+        print(f"wrote the merged model to {out}")
+        return 0

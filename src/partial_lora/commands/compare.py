@@ -33,69 +33,69 @@ def compare_command(settings: Settings, args: Any) -> int:
 
 
 def _compare(settings: Settings, *, command: str, title: str, verdict_for_run: bool) -> int:
-    output = Output(settings)
-    output.check()
-    started = time.perf_counter()
-    task = build_task(settings)
-    base = task.new_model()  # loads the tokenizer once, and fails early on a bad --model
-    check_input(task, settings, base, methods=settings.methods)
-    record = run_record(command, settings, task)
-    out = output.open()
-    if settings.resume:
-        check_resumed(out, record)
-    write_record(out, record)
-    say(settings, f"{settings.dataset}: {len(task.train)} training / {len(task.validation)} validation / "
-                  f"{len(task.test)} test examples, {len(task.label_names)} classes; model {settings.model}")
-    thresholds = settings.thresholds or [settings.threshold]
-    ranks = settings.ranks or [settings.rank]
-    tickets = _Tickets(task, settings, out, thresholds)
-    results: list[dict[str, Any]] = []
-    searches: list[dict[str, Any]] = []
-    notes: list[str] = []
-    for method in settings.methods:
-        for rank in ranks:
-            for threshold in (thresholds if method in TICKET_METHODS else [None]):
-                try:
-                    rows, search = _train_setting(task, settings, out, tickets, method=method, rank=rank,
-                                                  threshold=threshold, ranks=ranks, thresholds=thresholds)
-                except MethodNotApplicable as reason:
-                    if str(reason) not in notes:
-                        notes.append(str(reason))
-                        say(settings, f"[{method}] skipped: {reason}")
-                    continue
-                results += rows
-                if search is not None:
-                    searches.append(search)
-    if not results:
-        raise ValueError("no method could be trained: " + "; ".join(notes))
-    primary = task.primary_metric
-    plots = [report.plot_metric_vs_parameters(results, primary, out / "metric_vs_params.png",
-                                              title=f"{settings.dataset}: {primary} vs trainable parameters").name]
-    if tickets.derived:
-        plots.append(plot_keep_ratios(tickets.first(), out / "keep_ratios.png").name)
-    rows = report.summarize(results, task.metrics)
-    comparisons = report.compare_with_reference(results, reference_method="lora", reference_rank=settings.rank)
-    table = report.markdown_table(rows, task.metrics, reference=_reference_label(rows, settings.rank))
-    verdict = _verdict(rows, comparisons, primary) if verdict_for_run else ""
-    document = {
-        "results": [{k: v for k, v in r.items() if k != "history"} for r in results],
-        "summary": rows, "comparisons": comparisons, "lr_search": searches,
-        "settings": settings.to_dict(), "verdict": verdict,
-        "histories": {f"{r['method']}-r{r['rank']}-seed{r['seed']}": r.get("history") for r in results},
-        "notes": notes,
-        "seconds": time.perf_counter() - started,
-    }
-    report.write_results(out, document)
-    report.write_report(out, title=title, settings=_settings_summary(settings, task), table=table,
-                        comparisons=report.comparison_table(comparisons), verdict=verdict, plots=plots, notes=notes)
-    out = output.commit()
-    print("\n" + table + "\n")
-    if comparisons:
-        print(report.comparison_table(comparisons) + "\n")
-    if verdict:
-        print(verdict)
-    print(f"\nwrote {out / 'results.json'}, {out / 'report.md'} ({time.perf_counter() - started:.0f} s)")
-    return 0
+    with Output(settings) as output:  # holds --out's lock until the command ends
+        output.check()
+        started = time.perf_counter()
+        task = build_task(settings)
+        base = task.new_model()  # loads the tokenizer once, and fails early on a bad --model
+        check_input(task, settings, base, methods=settings.methods)
+        record = run_record(command, settings, task)
+        out = output.open()
+        if settings.resume:
+            check_resumed(out, record)
+        write_record(out, record)
+        say(settings, f"{settings.dataset}: {len(task.train)} training / {len(task.validation)} validation / "
+                      f"{len(task.test)} test examples, {len(task.label_names)} classes; model {settings.model}")
+        thresholds = settings.thresholds or [settings.threshold]
+        ranks = settings.ranks or [settings.rank]
+        tickets = _Tickets(task, settings, out, thresholds)
+        results: list[dict[str, Any]] = []
+        searches: list[dict[str, Any]] = []
+        notes: list[str] = []
+        for method in settings.methods:
+            for rank in ranks:
+                for threshold in (thresholds if method in TICKET_METHODS else [None]):
+                    try:
+                        rows, search = _train_setting(task, settings, out, tickets, method=method, rank=rank,
+                                                      threshold=threshold, ranks=ranks, thresholds=thresholds)
+                    except MethodNotApplicable as reason:
+                        if str(reason) not in notes:
+                            notes.append(str(reason))
+                            say(settings, f"[{method}] skipped: {reason}")
+                        continue
+                    results += rows
+                    if search is not None:
+                        searches.append(search)
+        if not results:
+            raise ValueError("no method could be trained: " + "; ".join(notes))
+        primary = task.primary_metric
+        plots = [report.plot_metric_vs_parameters(results, primary, out / "metric_vs_params.png",
+                                                  title=f"{settings.dataset}: {primary} vs trainable parameters").name]
+        if tickets.derived:
+            plots.append(plot_keep_ratios(tickets.first(), out / "keep_ratios.png").name)
+        rows = report.summarize(results, task.metrics)
+        comparisons = report.compare_with_reference(results, reference_method="lora", reference_rank=settings.rank)
+        table = report.markdown_table(rows, task.metrics, reference=_reference_label(rows, settings.rank))
+        verdict = _verdict(rows, comparisons, primary) if verdict_for_run else ""
+        document = {
+            "results": [{k: v for k, v in r.items() if k != "history"} for r in results],
+            "summary": rows, "comparisons": comparisons, "lr_search": searches,
+            "settings": settings.to_dict(), "verdict": verdict,
+            "histories": {f"{r['method']}-r{r['rank']}-seed{r['seed']}": r.get("history") for r in results},
+            "notes": notes,
+            "seconds": time.perf_counter() - started,
+        }
+        report.write_results(out, document)
+        report.write_report(out, title=title, settings=_settings_summary(settings, task), table=table,
+                            comparisons=report.comparison_table(comparisons), verdict=verdict, plots=plots, notes=notes)
+        out = output.commit()
+        print("\n" + table + "\n")
+        if comparisons:
+            print(report.comparison_table(comparisons) + "\n")
+        if verdict:
+            print(verdict)
+        print(f"\nwrote {out / 'results.json'}, {out / 'report.md'} ({time.perf_counter() - started:.0f} s)")
+        return 0
 
 
 class _Tickets:

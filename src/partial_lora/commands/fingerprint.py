@@ -47,10 +47,15 @@ def check_resumed(folder: Path, record: dict[str, Any]) -> None:
     if then.get("command") != record["command"]:
         changes.append(f"the command ({then.get('command')} then, {record['command']} now)")
     for key, value in record["settings"].items():
-        before = then["settings"].get(key)
-        if key in EXTENDING_SETTINGS or before == _jsonable(value):
+        before, now = then["settings"].get(key), _jsonable(value)
+        if key in EXTENDING_SETTINGS and isinstance(before, list) and isinstance(now, list):
+            dropped = [item for item in before if item not in now]
+            if dropped:  # the results would lose the runs of these
+                changes.append(f"{key}: {dropped!r} no longer given ({before!r} then, {now!r} now; a resumed run may "
+                               "add to these, not drop any)")
             continue
-        changes.append(f"{key} ({before!r} then, {value!r} now)")
+        if before != now:
+            changes.append(f"{key} ({before!r} then, {value!r} now)")
     for split, digest in record["data"].items():
         if then["data"].get(split) != digest:
             changes.append(f"the {split} split's contents (the dataset or its split sizes changed)")

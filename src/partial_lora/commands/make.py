@@ -22,41 +22,41 @@ def ticket_command(settings: Settings, args: Any) -> int:
         print(json.dumps(overlap, indent=2, default=float))
         return 0
     settings = resolve(settings)
-    output = Output(settings)
-    output.check()
-    task = build_task(settings)
-    check_input(task, settings, task.new_model(), methods=[], derives_ticket=True)
-    out = output.open()
-    ticket = derive_ticket(task, settings, seed=settings.seed)
-    ticket.save(out / "ticket.json")
-    plot_keep_ratios(ticket, out / "keep_ratios.png")
-    out = output.commit()
-    for name, ratio in ticket.keep_ratios().items():
-        print(f"{name:60s} {ratio:.3f}")
-    print(f"wrote {out / 'ticket.json'} and {out / 'keep_ratios.png'}")
-    return 0
+    with Output(settings) as output:  # holds --out's lock until the command ends
+        output.check()
+        task = build_task(settings)
+        check_input(task, settings, task.new_model(), methods=[], derives_ticket=True)
+        out = output.open()
+        ticket = derive_ticket(task, settings, seed=settings.seed)
+        ticket.save(out / "ticket.json")
+        plot_keep_ratios(ticket, out / "keep_ratios.png")
+        out = output.commit()
+        for name, ratio in ticket.keep_ratios().items():
+            print(f"{name:60s} {ratio:.3f}")
+        print(f"wrote {out / 'ticket.json'} and {out / 'keep_ratios.png'}")
+        return 0
 
 
 def train_command(settings: Settings, args: Any) -> int:
     settings = resolve(settings)
-    output = Output(settings)
-    output.check()
-    task = build_task(settings)
-    needs_ticket = settings.method in (*TICKET_METHODS, *SIZED_BY_TICKET)
-    check_input(task, settings, task.new_model(), methods=[settings.method])
-    record = run_record("train", settings, task)
-    out = output.open()
-    if settings.resume:
-        check_resumed(out, record)
-    write_record(out, record)
-    ticket = derive_ticket(task, settings, seed=settings.seed) if needs_ticket else None
-    if ticket is not None:
-        ticket.save(out / "ticket.json")
-    row = train_method(task, settings, method=settings.method, seed=settings.seed, rank=settings.rank,
-                       ticket=ticket, out=out, label=settings.method, learning_rate=settings.learning_rate,
-                       score_test=True)
-    report.write_results(out, {"results": [{k: v for k, v in row.items() if k != "history"}],
-                               "settings": settings.to_dict()})
-    output.commit()
-    print(json.dumps({k: v for k, v in row.items() if k not in ("history", "test_correct")}, indent=2, default=str))
-    return 0
+    with Output(settings) as output:  # holds --out's lock until the command ends
+        output.check()
+        task = build_task(settings)
+        needs_ticket = settings.method in (*TICKET_METHODS, *SIZED_BY_TICKET)
+        check_input(task, settings, task.new_model(), methods=[settings.method])
+        record = run_record("train", settings, task)
+        out = output.open()
+        if settings.resume:
+            check_resumed(out, record)
+        write_record(out, record)
+        ticket = derive_ticket(task, settings, seed=settings.seed) if needs_ticket else None
+        if ticket is not None:
+            ticket.save(out / "ticket.json")
+        row = train_method(task, settings, method=settings.method, seed=settings.seed, rank=settings.rank,
+                           ticket=ticket, out=out, label=settings.method, learning_rate=settings.learning_rate,
+                           score_test=True)
+        report.write_results(out, {"results": [{k: v for k, v in row.items() if k != "history"}],
+                                   "settings": settings.to_dict()})
+        output.commit()
+        print(json.dumps({k: v for k, v in row.items() if k not in ("history", "test_correct")}, indent=2, default=str))
+        return 0

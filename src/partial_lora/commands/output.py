@@ -11,8 +11,10 @@ or discarded by ``--overwrite``.
 ``--out`` itself (whose results are rewritten, atomically, only at the end). Either way the
 run must have been started with the same settings and data (:mod:`.fingerprint`).
 
-Commands call :meth:`Output.check` first (it touches nothing), check all their input, and
-only then :meth:`Output.open`; they finish with :meth:`Output.commit`.
+Commands use it as a context manager (``with Output(settings) as output:``), call
+:meth:`Output.check` first (it touches nothing), check all their input, and only then
+:meth:`Output.open`; they finish with :meth:`Output.commit`. Leaving the ``with`` block,
+finished or failed, releases the lock ``open`` took.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ RESULT_FILES = ("results.json", "report.md", "ticket.json", "adapters",
                 "adapter_config.json", "adapter_model.safetensors", "config.json", "model.safetensors")
 WORK_SUFFIX = ".partial-lora-work"
 OLD_SUFFIX = ".partial-lora-old"
+LOCK_SUFFIX = ".partial-lora-lock"
 
 
 class Output:
@@ -41,7 +44,15 @@ class Output:
         self.out = Path(settings.out)
         self.work = self.out.parent / f".{self.out.name}{WORK_SUFFIX}"
         self.old = self.out.parent / f".{self.out.name}{OLD_SUFFIX}"
+        self.lock_path = self.out.parent / f".{self.out.name}{LOCK_SUFFIX}"
         self.folder: Path | None = None  # where the command writes, once open()
+        self._lock: int | None = None  # the open lock file, held from open() to commit()
+
+    def __enter__(self) -> "Output":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._release_lock()  # a failed or interrupted command leaves --out free for the next one
 
     # -- before any work -------------------------------------------------------------
     def check(self) -> list[str]:
@@ -70,22 +81,49 @@ class Output:
     # -- the work --------------------------------------------------------------------
     def open(self) -> Path:
         """The folder to write into: the work folder (new, or the interrupted one for
-        ``--resume``), or ``--out`` itself when ``--resume`` continues a run that is there."""
+        ``--resume``), or ``--out`` itself when ``--resume`` continues a run that is there.
+
+        Holds an exclusive lock on ``--out`` until :meth:`commit` or the end of the ``with``
+        block (or of the process): a second command writing the same ``--out`` meanwhile is
+        refused before it touches anything."""
+        self._take_lock()
         self.check()
         if self.settings.resume and not self.work.is_dir() and self.out.is_dir() and any(self.out.iterdir()):
             self.folder = self.out  # continue in place: results are rewritten atomically at the end
             return self.folder
         if self.work.is_dir() and not self.settings.resume:
             shutil.rmtree(self.work)  # --overwrite: an interrupted run is discarded
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=self.settings.resume)
         self.folder = self.work
         return self.folder
+
+    def _take_lock(self) -> None:
+        import fcntl
+
+        if not self.out.parent.exists():  # a file there fails below, as ENOTDIR
+            self.out.parent.mkdir(parents=True)
+        handle = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            raise FileExistsError(
+                f"--out {self.out}: another partial-lora command is writing it now; wait for it to finish, or "
+                "choose another folder"
+            ) from None
+        self._lock = handle
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)  # closing releases the flock
+            self._lock = None
 
     def commit(self) -> Path:
         """Put the finished work in place of ``--out`` (atomically); returns ``--out``."""
         if self.folder is None:
             raise RuntimeError("Output.commit() before open()")
         if self.folder == self.out:
+            self._release_lock()
             return self.out
         out = self.out
         if out.is_dir() and any(out.iterdir()):
@@ -97,6 +135,7 @@ class Output:
             os.replace(self.work, out)
             fsync_directory(out.parent)
         self.folder = out
+        self._release_lock()
         return out
 
     def _finish_interrupted_exchange(self) -> None:

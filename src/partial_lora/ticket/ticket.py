@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 
 from ..checks import invalid
-from ..files import DamagedFileError, atomic_write_bytes
+from ..files import DamagedFileError, atomic_write_bytes, read_regular_file
 
 FORMAT = "partial-lora-ticket/1"
 METHODS = ("svd", "svd-layerwise", "snip", "imp", "uniform")
@@ -248,7 +248,7 @@ class Ticket:
         if not path.is_file():
             raise FileNotFoundError(f"no ticket at {path}; create one with find_ticket(...).save(path) "
                                     "or `partial-lora ticket`")
-        raw = path.read_bytes()
+        raw = _read(path)
         try:
             document = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
@@ -302,6 +302,14 @@ class Ticket:
         return cls(layers, provenance)
 
 
+def _read(path: Path) -> bytes:
+    """A ticket file's bytes; a pipe, device or folder in its place is a damaged ticket, not a hang."""
+    try:
+        return read_regular_file(path)
+    except (OSError, ValueError) as err:
+        raise TicketFileError(f"{path} cannot be read as a ticket file ({err}); re-create the ticket") from None
+
+
 def scores_path(path: str | os.PathLike) -> Path:
     """The sidecar next to a ticket JSON: ``ticket.json`` -> ``ticket.scores.safetensors``."""
     path = Path(path)
@@ -322,7 +330,7 @@ def _read_scores(path: Path, document: Any) -> dict[str, torch.Tensor]:
             f"{path} refers to the score sidecar {sidecar.name}, which is missing; copy it next to the "
             "ticket, or re-create the ticket"
         )
-    blob = sidecar.read_bytes()
+    blob = _read(sidecar)
     if hashlib.sha256(blob).hexdigest() != reference["sha256"]:
         raise TicketFileError(
             f"the score sidecar {sidecar} does not match {path} (checksum differs): it is damaged or "
