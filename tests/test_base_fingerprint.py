@@ -68,8 +68,18 @@ def round_trip(dtype):
     return change
 
 
+def one_unsampled_entry_changed(base):
+    """One entry of LAYER that the fingerprint does not sample, set far outside the weights' range."""
+    weight = base.get_submodule(LAYER).weight
+    position = next(i for i in range(weight.numel()) if i not in sample_indices(LAYER, weight.numel()))
+    with torch.no_grad():
+        weight.view(-1)[position] = 5.0
+    return base
+
+
 OTHER_BASES = {
     "negated": lambda: negated(tiny_bert()),
+    "one unsampled entry changed": lambda: one_unsampled_entry_changed(tiny_bert()),
     "rows permuted": lambda: rows_permuted(tiny_bert()),
     "another seed": lambda: tiny_bert(seed=123),
 }

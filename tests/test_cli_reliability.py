@@ -287,8 +287,14 @@ def test_a_second_command_writing_the_same_out_is_refused_until_the_first_has_fi
     assert (work / "results.json").is_file()  # the second touched nothing of the first's work
     first.commit()
     assert (out / "results.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the lock file went with the lock
     second.open()  # free again once the first has finished
     second.commit()
+    with pytest.raises(RuntimeError), Output(Settings(out=str(out), overwrite=True)) as failing:
+        failing.open()
+        raise RuntimeError("a command failing half-way")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial-lora-work", "out"]  # kept for --resume
+    Output(Settings(out=str(out), resume=True)).open()  # not locked by the failed command
 
 
 def test_resume_may_add_seeds_but_not_drop_them(earlier, tmp_path, capsys):

@@ -200,6 +200,9 @@ def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
+CHECKSUM_RTOL = 1e-3
+
+
 def weight_checksum(weight: torch.Tensor) -> float:
     """Mean absolute value of a base weight (float64). Checked next to :func:`weight_samples`
     (it sees every entry, so a large local edit the 32 samples miss changes it; alone, as in
@@ -243,6 +246,17 @@ def check_weight_samples(name: str, weight: torch.Tensor, samples: Mapping[str, 
                 f"{indices[position]} of the weight is {found:.6g}, it was {want:.6g} in training; another "
                 "checkpoint, or weights changed since); load the right base model, or pass check_base_weights=False"
             )
+
+
+def check_weight_checksum(name: str, weight: torch.Tensor, want: float) -> None:
+    """Refuse a base weight whose :func:`weight_checksum` is not the recorded ``want`` (within
+    0.1 %, which the same weights in bf16 or fp16 stay inside)."""
+    have = weight_checksum(weight)
+    if not abs(have - float(want)) <= CHECKSUM_RTOL * max(abs(float(want)), 1e-12):
+        raise AdapterFileError(
+            f"layer {name!r}: the base weights differ from those the adapter was trained on (mean |w| "
+            f"{have:.6g} vs {float(want):.6g}); load the right base model, or pass check_base_weights=False"
+        )
 
 
 def valid_weight_samples(samples: Any) -> bool:
@@ -502,12 +516,7 @@ def _verify_layers(model, document, tensors, check_base_weights):
         if check_base_weights and name in samples:
             check_weight_samples(name, module.weight, samples[name], CONFIG_NAME)
         if check_base_weights and name in checksums:  # with the samples: catches edits the samples miss
-            have, want = weight_checksum(module.weight), float(checksums[name])
-            if abs(have - want) > 1e-3 * max(abs(want), 1e-12):
-                raise AdapterFileError(
-                    f"layer {name!r}: the base weights differ from those the adapter was trained on (mean |w| "
-                    f"{have:.6g} vs {want:.6g}); load the right base model, or pass check_base_weights=False"
-                )
+            check_weight_checksum(name, module.weight, checksums[name])
         rank, rows, columns = info["rank"], info["rows"], info["columns"]
         expected = {"lora_A": (rank, columns), "lora_B": (rows, rank), "lora_rows": (rows,), "lora_columns": (columns,)}
         full = {"lora_rows": rows == shape[0], "lora_columns": columns == shape[1]}

@@ -207,21 +207,40 @@ def read_yaml_config(path: str, allowed: Sequence[str]) -> dict[str, Any]:
 MAX_YAML_DEPTH = 2  # the file's mapping, and a list as an option's value
 
 
+PLAIN_TAGS = {f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool")}  # read as text anyway
+NULL_WORDS = ("null", "Null", "NULL", "~")
+
+
 def _plain_yaml(text: str, path: str) -> Any:
-    """The document as plain text values: refuses anchors, aliases, tags, nesting and repeated keys."""
-    depth = 0
+    """The document as plain text values: refuses anchors, aliases, other tags, nulls, nesting
+    and repeated keys, naming the option each problem is under."""
+    depth, key, expecting_key = 0, None, False
+
+    def refuse(problem: str) -> UsageError:
+        return UsageError(f"--config {path}: " + (f"{key}: " if key is not None else "") + problem)
+
     for event in yaml.parse(text, Loader=yaml.BaseLoader):
+        is_node = isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent))
+        if is_node and depth == 1 and expecting_key:  # a key of the option mapping
+            key = event.value if isinstance(event, yaml.ScalarEvent) else None
+            expecting_key = False
+            continue
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
-            raise UsageError(f"--config {path}: anchors and aliases (&name / *name) are not supported in option "
-                             "files; write each value out")
-        if getattr(event, "tag", None) not in (None, "!"):
-            raise UsageError(f"--config {path}: YAML tags ({event.tag}) are not supported; write plain values")
+            raise refuse("anchors and aliases (&name / *name) are not supported in option files; write each value out")
+        if getattr(event, "tag", None) not in (None, "!", *PLAIN_TAGS):
+            raise refuse(f"YAML tags ({event.tag}) are not supported; write plain values")
+        if isinstance(event, yaml.ScalarEvent) and event.style is None and event.value in NULL_WORDS and depth >= 1:
+            raise refuse(f"{event.value} is no value; give one, or leave the key out")
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             depth += 1
             if depth > MAX_YAML_DEPTH:
-                raise UsageError(f"--config {path}: values nest too deep; an option takes one value or a list of values")
+                raise refuse("values nest too deep; an option takes one value or a list of values")
+            expecting_key = depth == 1 and isinstance(event, yaml.MappingStartEvent)
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             depth -= 1
+            expecting_key = depth == 1
+        elif isinstance(event, yaml.ScalarEvent) and depth == 1:
+            expecting_key = True  # a value of the option mapping is done
     node = yaml.compose(text, Loader=yaml.BaseLoader)
     if isinstance(node, yaml.MappingNode):
         keys = [key.value for key, _ in node.value]

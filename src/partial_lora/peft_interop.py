@@ -31,8 +31,10 @@ from .adapter_files import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     AdapterFileError,
+    check_weight_checksum,
     check_weight_samples,
     valid_weight_samples,
+    weight_checksum,
     weight_samples,
 )
 from .files import (
@@ -109,6 +111,7 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: st
         "format_version": BASE_FORMAT_VERSION,
         "base_model": model_name_or_path(model),
         "base_weight_samples": {n: weight_samples(n, layer.weight) for n, layer in layers.items()},
+        "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
     })
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -225,6 +228,8 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
                     "check_base_weights=False"
                 )
             check_weight_samples(name, module.weight, samples, directory / BASE_NAME)
+            if name in base.get("base_weight_checksums", {}):  # sidecars before 2026-12 have none
+                check_weight_checksum(name, module.weight, base["base_weight_checksums"][name])
 
     config = PartialLoraConfig(
         r=default_rank,
@@ -279,6 +284,10 @@ def _read_base_fingerprint(directory: Path) -> dict[str, Any] | None:
                  what="a Partial-LoRA base-weight fingerprint", fix=fix)
     if not valid_weight_samples(document.get("base_weight_samples")):
         raise AdapterFileError(f"{path}: field 'base_weight_samples' is malformed; {fix}")
+    checksums = document.get("base_weight_checksums", {})
+    if not isinstance(checksums, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in checksums.values()):
+        raise AdapterFileError(f"{path}: field 'base_weight_checksums' is malformed; {fix}")
     return document
 
 

@@ -105,6 +105,10 @@ class Output:
         handle = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder removes the file when it ends; a lock taken on a file already removed
+            # (opened just before) guards nothing, so it counts as held by another command.
+            if not _same_file(handle, self.lock_path):
+                raise BlockingIOError
         except BlockingIOError:
             os.close(handle)
             raise FileExistsError(
@@ -115,6 +119,10 @@ class Output:
 
     def _release_lock(self) -> None:
         if self._lock is not None:
+            try:
+                os.unlink(self.lock_path)  # removed while still held: nothing is left beside --out
+            except FileNotFoundError:
+                pass
             os.close(self._lock)  # closing releases the flock
             self._lock = None
 
@@ -148,6 +156,16 @@ class Output:
 
 
 _RENAME_EXCHANGE = 2
+
+
+def _same_file(handle: int, path: Path) -> bool:
+    """Whether the open ``handle`` is the file at ``path`` now."""
+    try:
+        now = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(handle)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _exchange(a: Path, b: Path, spare: Path) -> None:
