@@ -5,7 +5,7 @@ training loop at the rate one would use for LoRA should train Partial-LoRA at Lo
 This script measures it on BBC News with MiniLM (the CLI's splits: 80 training, 40
 validation and 200 test articles per class; the ticket from 16 training shots per class), for
 PEFT LoRA and Partial-LoRA (r=8, alpha=16, q/k/v, the new head trained in full), at 2e-3
-(LoRA's default rate in this project), three ways:
+(the project's default rate until the study chose 5e-3 on validation), three ways:
 
 * ``loop``: the README's quick-start loop: ``torch.optim.AdamW(trainable, lr)``, 3 epochs of
   batches of 16, nothing else (no warm-up, decay or clipping);

@@ -21,17 +21,20 @@ from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 # Per packaged dataset: model, task kind, target layers, saved head, schedule and split sizes
 # (per class: test as large as the data allow at a sane cost, validation carved from the
 # training pool, a small training set: the few-shot regime). Sized so the default `run`
-# (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores.
+# (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores. The learning rates
+# of bbc and mnist are the ones the study chose on validation data (seed 0, grid 1e-3, 2e-3,
+# 5e-3, 1e-2) for LoRA and for Partial-LoRA alike (docs/RESULTS.md, section 2); bbc-gen's is
+# not chosen yet (its study part has not run). Local datasets get bbc's.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "bbc": dict(
         model="minilm", task="classification", target_modules=["query", "key", "value"],
-        modules_to_save=["classifier"], metric="accuracy", epochs=3, learning_rate=2e-3,
+        modules_to_save=["classifier"], metric="accuracy", epochs=3, learning_rate=5e-3,
         batch_size=16, max_length=128, train_per_class=80, validation_per_class=40, test_per_class=200,
     ),
     "mnist": dict(
         model="efficientnet-lite0", task="image-classification",
         target_modules=r".*(_expand_conv|_project_conv)", modules_to_save=["_fc"], metric="accuracy",
-        epochs=3, learning_rate=2e-3, batch_size=32, max_length=None, train_per_class=60, validation_per_class=30,
+        epochs=3, learning_rate=5e-3, batch_size=32, max_length=None, train_per_class=60, validation_per_class=30,
         test_per_class=100,
     ),
     "bbc-gen": dict(
