@@ -122,9 +122,10 @@ def load_setting_runs(setting: plan.Setting, runs: Path) -> SettingRuns:
     if loaded.tickets and len(loaded.tickets) < planned:
         loaded.incomplete.append("tickets")
     loaded.main_tickets = main_tickets(folder / "main")
-    if (folder / "main" / "adapters").is_dir():
+    norms = base_norms(folder / "main")  # written when the main part finishes
+    if (folder / "main" / "adapters").is_dir() and norms:  # no ||W||: no ratio to show
         reported = [r for r in loaded.select("main") if r["method"] in ("lora", "partial-lora")]
-        loaded.updates = update_magnitudes(folder / "main" / "adapters", reported, base_norms(folder / "main"))
+        loaded.updates = update_magnitudes(folder / "main" / "adapters", reported, norms)
     return loaded
 
 

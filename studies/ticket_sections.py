@@ -130,7 +130,8 @@ def layer_section(w: Writer) -> None:
             continue
         tickets = runs.main_tickets
         if not tickets or not runs.updates:
-            w.add("*Missing: the main part's tickets or adapters.*", "")
+            w.add("*Missing: the main part's tickets, adapters or base-weight norms (`base_norms.json`, written "
+                  "when the part finishes).*", "")
             continue
         layers = list(tickets[0].layers)
         ratios = [statistics.fmean(t.layers[n].keep_ratio for t in tickets) for n in layers]
