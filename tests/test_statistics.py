@@ -66,3 +66,19 @@ def test_methods_scored_on_different_test_sets_are_refused():
         paired_difference({0: np.ones(10)}, {0: np.ones(12)})
     with pytest.raises(ValueError, match="no seed in common"):
         paired_difference({0: np.ones(10)}, {1: np.ones(10)})
+
+
+@pytest.mark.parametrize("low, high, word, side", [
+    (-1.57, -0.17, "INCONCLUSIVE", "behind LoRA"),  # the study's BBC interval: below 0, across -1
+    (-0.8, 0.6, "PASS", None), (0.2, 1.4, "PASS", "ahead of LoRA"), (-3.0, -1.2, "NOT MET", "behind LoRA"),
+])
+def test_the_run_verdict_says_plainly_when_partial_lora_is_behind_lora(low, high, word, side):
+    from partial_lora.commands.compare import _verdict
+    from partial_lora.statistics import verdict as rule
+
+    rows = [{"label": "lora r=8", "trainable_params": 100}, {"label": "partial-lora r=8 tau=0.9", "trainable_params": 20}]
+    comparison = {"method": "partial-lora", "diff_points": (low + high) / 2, "ci_low": low, "ci_high": high,
+                  "verdict": rule(low, high, margin=1.0), "examples": 1000, "seeds": [0, 1, 2]}
+    text = _verdict(rows, [comparison], "accuracy")
+    assert text.startswith(f"**{word}**")
+    assert (side in text) if side else ("behind" not in text and "ahead" not in text)

@@ -208,12 +208,17 @@ def _verdict(rows: list[dict[str, Any]], comparisons: list[dict[str, Any]], metr
         word = "PASS"
     else:
         word = "INCONCLUSIVE"
+    side = ""
+    if comparison["ci_high"] < 0:
+        side = " Partial-LoRA is behind LoRA on this test set: the whole interval lies below 0."
+    elif comparison["ci_low"] > 0:
+        side = " Partial-LoRA is ahead of LoRA on this test set: the whole interval lies above 0."
     return (
         f"**{word}**: Partial-LoRA trains {ratio:.1%} of LoRA's parameters (target <= 50%); its {metric} differs from "
         f"LoRA's by {comparison['diff_points']:+.2f} points, 95 % interval [{comparison['ci_low']:+.2f}, "
         f"{comparison['ci_high']:+.2f}] (paired bootstrap over {comparison['examples']} test examples, seeds "
         f"{comparison['seeds']} pooled): **{outcome}** (target: within 1.0 point, i.e. the interval's lower end "
-        f">= -1.0; an interval across -1.0 is inconclusive)."
+        f">= -1.0; an interval across -1.0 is inconclusive).{side}"
     )
 
 
