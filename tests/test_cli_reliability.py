@@ -195,7 +195,7 @@ def test_yaml_values_mean_what_the_same_flags_mean(tmp_path, cache_dir):
 # -- 3. --resume verifies the run it continues --------------------------------------------
 @pytest.mark.parametrize("change, words", [
     (["--alpha", "32"], ["alpha (16.0 then, 32.0 now)"]),
-    (["--learning-rate", "0.005"], ["learning_rate"]),
+    (["--learning-rate", "0.01"], ["learning_rate"]),  # the default is 5e-3
     (["--test-per-class", "3"], ["test_per_class", "the test split's contents"]),
 ])
 def test_resume_with_other_settings_or_data_is_refused_naming_what_changed(change, words, earlier, tmp_path, capsys):

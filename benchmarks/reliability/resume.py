@@ -37,7 +37,7 @@ ARTICLES = {"business": 12, "sport": 12, "tech": 12}
 REFUSED = {
     "alpha": (["--alpha", "32"], ["alpha"]),
     "rank": (["--rank", "4"], ["rank"]),
-    "learning rate": (["--learning-rate", "0.005"], ["learning_rate"]),
+    "learning rate": (["--learning-rate", "0.01"], ["learning_rate"]),  # the default is 5e-3
     "epochs": (["--epochs", "3"], ["epochs"]),
     "batch size": (["--batch-size", "8"], ["batch_size"]),
     "weight decay": (["--weight-decay", "0.01"], ["weight_decay"]),
