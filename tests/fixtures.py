@@ -115,6 +115,25 @@ def small_mlp(seed: int = 0) -> torch.nn.Module:
     return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
 
 
+SAVE_LOOP_CONFIG = dict(r=4, alpha=8, target_modules=["0", "2"], keep_ratio=0.5)
+
+
+def save_versions_until_killed(folder: str) -> None:
+    """Save version 1, 2, 3, ... of a :func:`small_mlp` adapter into ``folder`` (the B matrices
+    of version ``v`` filled with ``v``), printing each version once saved, until killed."""
+    import partial_lora
+
+    model = partial_lora.apply(small_mlp(), partial_lora.PartialLoraConfig(**SAVE_LOOP_CONFIG))
+    version = 0
+    while True:
+        version += 1
+        with torch.no_grad():
+            for layer in partial_lora.adapter_layers(model).values():
+                layer.lora_B.fill_(float(version))
+        partial_lora.save(model, folder)
+        print(version, flush=True)
+
+
 def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> Path:
     """Rows as a CSV file with a header (``fields``, default the first row's keys)."""
     with path.open("w", newline="", encoding="utf-8") as handle:

@@ -13,40 +13,16 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
-import torch
-from torch import nn
 
 import partial_lora
+from fixtures import small_mlp
 
-CHILD = textwrap.dedent(
-    """
-    import sys, torch
-    from torch import nn
-    import partial_lora
-    from partial_lora import PartialLoraConfig
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
-    model = partial_lora.apply(model, PartialLoraConfig(r=4, alpha=8, target_modules=["0", "2"], keep_ratio=0.5))
-    folder = sys.argv[1]
-    version = 0
-    while True:
-        version += 1
-        with torch.no_grad():
-            for layer in partial_lora.adapter_layers(model).values():
-                layer.lora_B.fill_(float(version))
-        partial_lora.save(model, folder)
-        print(version, flush=True)
-    """
-)
+CHILD = "import sys; from fixtures import save_versions_until_killed; save_versions_until_killed(sys.argv[1])"
 
 
-def base_model() -> nn.Module:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
@@ -64,7 +40,7 @@ def test_kill_9_during_save_leaves_one_whole_version(tmp_path):
         printed = [int(line) for line in [first, *child.stdout.read().split()] if str(line).strip()]
         child.wait()
         kills += 1
-        model = partial_lora.load(base_model(), folder)  # must not raise
+        model = partial_lora.load(small_mlp(), folder)  # must not raise
         values = {float(v) for layer in partial_lora.adapter_layers(model).values() for v in layer.lora_B.unique()}
         assert len(values) == 1, f"a mix of versions {values} after kill {kills}"
         version = int(values.pop())
@@ -72,5 +48,5 @@ def test_kill_9_during_save_leaves_one_whole_version(tmp_path):
         assert version in (printed[-1], printed[-1] + 1), (version, printed[-3:])
         versions_seen.add(version)
     assert kills == 5
-    partial_lora.save(partial_lora.load(base_model(), folder), folder)
+    partial_lora.save(partial_lora.load(small_mlp(), folder), folder)
     assert not list(folder.glob(".*.tmp")), "a save leaves no temporary files of killed saves behind"

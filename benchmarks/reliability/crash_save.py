@@ -15,29 +15,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import torch
-
 import partial_lora
-from partial_lora import PartialLoraConfig
 
 from .common import Section, Timer, child_command, child_env, say
 
-from fixtures import small_mlp  # noqa: E402  (the tests' builder)
+from fixtures import save_versions_until_killed, small_mlp  # noqa: E402  (the tests' builders)
 
-CONFIG = PartialLoraConfig(r=4, alpha=8, target_modules=["0", "2"], keep_ratio=0.5)
-
-
-def child(folder: str) -> None:
-    """Save version after version into ``folder``, printing each one saved, until killed."""
-    model = partial_lora.apply(small_mlp(), CONFIG)
-    version = 0
-    while True:
-        version += 1
-        with torch.no_grad():
-            for layer in partial_lora.adapter_layers(model).values():
-                layer.lora_B.fill_(float(version))
-        partial_lora.save(model, folder)
-        print(version, flush=True)
+child = save_versions_until_killed  # the child job: save version after version into a folder until killed
 
 
 def _weights_match_config(folder: Path) -> bool:
