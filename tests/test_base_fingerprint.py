@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 import partial_lora
 from partial_lora import AdapterFileError, PartialLoraConfig
-from partial_lora.adapter_files import SAMPLES_PER_LAYER, sample_indices
+from partial_lora.base_weights import SAMPLES_PER_LAYER, sample_indices
 from partial_lora.files import document_digest
 from partial_lora.peft_interop import BASE_NAME
 
@@ -277,3 +277,147 @@ def test_load_weights_refuses_non_finite_tensors(saved, edit):
     with pytest.raises(AdapterFileError, match="NaN or infinite"):
         partial_lora.load_weights(model, folder)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# -- outside the adapted layers: every other base tensor's mean |x| ------------------------
+def embeddings_negated(base):
+    with torch.no_grad():
+        base.bert.embeddings.word_embeddings.weight.neg_()
+    return base
+
+
+def unadapted_key_negated(base):
+    with torch.no_grad():
+        base.get_submodule(LAYER.replace("query", "key")).weight.neg_()
+    return base
+
+
+def layer_norm_scaled(base):
+    with torch.no_grad():
+        base.bert.encoder.layer[1].output.LayerNorm.weight.mul_(1.1)
+    return base
+
+
+LAYER_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+OUTSIDE_BASES = {
+    "word embeddings negated": lambda: embeddings_negated(tiny_bert()),
+    "unadapted key layer negated": lambda: unadapted_key_negated(tiny_bert()),
+    "a LayerNorm scaled by 1.1": lambda: layer_norm_scaled(tiny_bert()),
+}
+
+
+@pytest.mark.parametrize("base", list(OUTSIDE_BASES))
+@pytest.mark.parametrize("loader", ["load", "import_peft"])
+def test_bases_that_differ_only_outside_the_adapted_layers_are_refused(saved, exported, loader, base):
+    folder = saved[1] if loader == "load" else exported[1]
+    other = OUTSIDE_BASES[base]()
+    before = snapshot(other)
+    with pytest.raises(AdapterFileError, match="base weights differ .* outside the adapted layers: tensor 'bert"):
+        getattr(partial_lora, loader)(other, folder)
+    assert_untouched(other, before)
+    assert partial_lora.adapter_layers(getattr(partial_lora, loader)(OUTSIDE_BASES[base](), folder,
+                                                                     check_base_weights=False))
+
+
+@pytest.mark.parametrize("loader", ["load", "import_peft"])
+def test_a_head_in_modules_to_save_may_differ_in_the_base(saved, exported, loader):
+    """The classifier is saved with the adapter and replaces the base's (another random head)."""
+    model, folder = saved if loader == "load" else exported
+    base = tiny_bert()
+    with torch.no_grad():
+        base.classifier.weight.normal_(generator=torch.Generator().manual_seed(5))
+    loaded = getattr(partial_lora, loader)(base, folder).eval()
+    batch = token_batch()
+    torch.testing.assert_close(loaded(**batch).logits, model.eval()(**batch).logits, rtol=0, atol=1e-5)
+
+
+def test_the_config_records_every_other_tensor_of_the_base(saved):
+    model, folder = saved
+    recorded = json.loads((folder / "adapter_config.json").read_text())["base_other_tensors"]
+    assert "bert.embeddings.word_embeddings.weight" in recorded
+    assert LAYER.replace("query", "key") + ".weight" in recorded
+    assert not any(name.startswith((LAYER + ".", "classifier.")) for name in recorded)
+    embeddings = model.bert.embeddings.word_embeddings.weight
+    entry = recorded[LAYER_EMBEDDINGS]
+    assert entry["mean_abs"] == pytest.approx(float(embeddings.double().abs().mean()), rel=1e-8)  # 9 digits kept
+    assert entry["numel"] == embeddings.numel() and len(entry["values"]) == 8
+    sampled = embeddings.flatten()[sample_indices(LAYER_EMBEDDINGS, embeddings.numel(), 8)].double().tolist()
+    assert entry["values"] == pytest.approx(sampled, rel=1e-8)
+
+
+class ConvNet(torch.nn.Module):
+    """Conv, batch norm, a linear head: batch-norm statistics move in train mode."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.fc = torch.nn.Linear(8, 6)
+        self.head = torch.nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.fc(torch.relu(self.norm(self.conv(x))).mean(dim=(2, 3)))))
+
+
+def trained_in_train_mode(modules_to_save):
+    model = partial_lora.apply(ConvNet(), PartialLoraConfig(r=2, keep_ratio=0.5, target_modules=["fc"],
+                                                             modules_to_save=modules_to_save))
+    randomize_adapters(model)
+    model.train()
+    with torch.no_grad():
+        for step in range(3):
+            model(torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(step)) * 3 + 1)
+    return model.eval()
+
+
+def test_batch_norm_statistics_moved_in_training_are_named_when_the_adapter_lacks_them(tmp_path):
+    folder = partial_lora.save(trained_in_train_mode(["head"]), tmp_path / "adapter")
+    base = ConvNet()
+    before = snapshot(base)
+    with pytest.raises(AdapterFileError, match=r"tensor 'norm\.(running_mean|running_var|num_batches_tracked)'.*batch-norm statistics.*modules_to_save"):
+        partial_lora.load(base, folder)
+    assert_untouched(base, before)
+
+
+def test_batch_norm_layers_in_modules_to_save_bring_their_statistics(tmp_path):
+    model = trained_in_train_mode(["head", "norm"])
+    loaded = partial_lora.load(ConvNet(), partial_lora.save(model, tmp_path / "adapter")).eval()
+    x = torch.randn(2, 3, 5, 5, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=1e-6)
+
+
+def test_a_tied_head_in_modules_to_save_loads_onto_a_fresh_base(tmp_path):
+    """GPT-2 ties lm_head to the token embeddings: training the head moves them, and the
+    embeddings are then covered by the saved head, not compared with the base."""
+    from fixtures import tiny_gpt2
+
+    model = partial_lora.apply(tiny_gpt2(), PartialLoraConfig(r=2, target_modules=["c_attn"], modules_to_save=["lm_head"]))
+    randomize_adapters(model)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.5)
+    loaded = partial_lora.load(tiny_gpt2(), partial_lora.save(model, tmp_path / "adapter")).eval()
+    ids = torch.arange(6)[None]
+    torch.testing.assert_close(loaded(input_ids=ids).logits, model.eval()(input_ids=ids).logits, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("entry", [
+    [1.0],
+    {"numel": 3200, "mean_abs": 0.1, "values": [0.5, 0.6]},
+    {"numel": 3200, "mean_abs": "x", "values": [0.5] * 8},
+    {"numel": -1, "mean_abs": 0.1, "values": [0.5] * 8},
+    {"numel": 3200, "values": [0.5] * 8},
+    {"numel": 3200, "mean_abs": 0.1, "values": ["x"] * 8},
+])
+def test_a_malformed_record_of_the_other_tensors_is_refused_as_damage(saved, exported, entry):
+    for folder, file in ((saved[1], "adapter_config.json"), (exported[1], BASE_NAME)):
+        path = folder / file
+        document = json.loads(path.read_text())
+        document["base_other_tensors"]["bert.embeddings.word_embeddings.weight"] = entry
+        document["document_sha256"] = document_digest(document)
+        path.write_text(json.dumps(document))
+        base = tiny_bert()
+        before = snapshot(base)
+        with pytest.raises(AdapterFileError, match="base_other_tensors"):
+            (partial_lora.load if file == "adapter_config.json" else partial_lora.import_peft)(base, folder)
+        assert_untouched(base, before)

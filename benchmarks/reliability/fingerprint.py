@@ -90,7 +90,7 @@ def query_value_swapped(base) -> None:
 
 
 def sampled_entry(base) -> None:
-    from partial_lora.adapter_files import sample_indices
+    from partial_lora.base_weights import sample_indices
 
     w = weight(base)
     w.view(-1)[sample_indices(LAYER, w.numel())[0]] += 10.0

@@ -8,9 +8,10 @@ A folder holds two files:
   ``modules_to_save.<module>.<tensor>``.
 * ``adapter_config.json``: the config, every layer's kind (weight layout: ``linear``,
   ``conv1x1``, ``transposed_linear``), base class name, shape, rank, kept counts and adapter
-  dtype, a fingerprint of the base layers' shapes, a sample of each adapted base weight (see
-  :func:`weight_samples`), and the sha256 of the tensor file (so a half-written pair is
-  detected). Files written before the class name was recorded hold only exact ``nn.Linear`` /
+  dtype, a fingerprint of the base layers' shapes, what it takes to recognise the base
+  weights (samples of each adapted weight, the mean |x| of every other base tensor:
+  :mod:`partial_lora.base_weights`), and the sha256 of the tensor file (so a half-written
+  pair is detected). Files written before the class name was recorded hold only exact ``nn.Linear`` /
   ``nn.Conv2d`` layers.
 
 :func:`load` puts an adapter into a fresh base model; :func:`load_weights` copies a saved
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -38,6 +38,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .base_weights import FIELDS, check_adapted_weight, check_other_tensors, malformed_field
+from .base_weights import record as record_base
 from .checks import is_non_negative_int, is_number, is_positive_int
 from .config import PartialLoraConfig
 from .files import (
@@ -76,13 +78,6 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 # The base class of a layer in a file that does not record one (what partial-lora adapted then).
 CLASS_OF_OLD_KINDS = {LINEAR: "Linear", CONV1X1: "Conv2d"}
-# The base-weight fingerprint: this many entries of each adapted weight, and how close a
-# base's entries must be to them. 2^-7 relative is twice bf16's rounding error (fp16's is
-# smaller); 2^-24 absolute covers fp16's subnormals. A negated, permuted or other weight
-# misses by far more.
-SAMPLES_PER_LAYER = 32
-SAMPLE_RTOL = 2.0**-7
-SAMPLE_ATOL = 2.0**-24
 # A reader that cannot lock the folder retries this often when a save replaced a file under it.
 UNLOCKED_READ_ATTEMPTS = 8
 
@@ -135,7 +130,8 @@ def _save_locked(model, directory: Path, layers, config, metadata) -> Path:
             "keep_multiplier": layer.multiplier,
         }
     saved_info = {}
-    for name, module in modules_to_save(model).items():
+    saved_modules = modules_to_save(model)
+    for name, module in saved_modules.items():
         state = module.state_dict()
         saved_info[name] = {key: list(value.shape) for key, value in state.items()}
         for key, value in state.items():
@@ -153,8 +149,7 @@ def _save_locked(model, directory: Path, layers, config, metadata) -> Path:
         "layers": layer_info,
         "modules_to_save": saved_info,
         "base_fingerprint": shape_fingerprint({n: (i["kind"], *i["shape"]) for n, i in layer_info.items()}),
-        "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
-        "base_weight_samples": {n: weight_samples(n, layer.weight) for n, layer in layers.items()},
+        **record_base(model, layers, covered=[*layers, *saved_modules]),
         "base_model": model_name_or_path(model),
         "trainable_parameters": sum(l.lora_A.numel() + l.lora_B.numel() for l in layers.values()),
         "weights_sha256": digest,
@@ -200,77 +195,6 @@ def shape_fingerprint(shapes: Mapping[str, tuple]) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
-CHECKSUM_RTOL = 1e-3
-
-
-def weight_checksum(weight: torch.Tensor) -> float:
-    """Mean absolute value of a base weight (float64). Checked next to :func:`weight_samples`
-    (it sees every entry, so a large local edit the 32 samples miss changes it; alone, as in
-    files written before the samples, it misses a negated or permuted weight)."""
-    return float(weight.detach().to(torch.float64).abs().mean())
-
-
-# -- the base-weight fingerprint -------------------------------------------------------
-def sample_indices(name: str, numel: int, count: int = SAMPLES_PER_LAYER) -> list[int]:
-    """``count`` positions in a flattened weight of ``numel`` entries, fixed by the module's name
-    (sha256 of ``"<name>/<i>"``, so two layers of one shape are sampled at other positions)."""
-    return [int.from_bytes(hashlib.sha256(f"{name}/{i}".encode()).digest()[:8], "little") % numel
-            for i in range(count)]
-
-
-def weight_samples(name: str, weight: torch.Tensor) -> dict[str, list]:
-    """A fingerprint of a base weight: ``{"indices": [...], "values": [...]}``, the values of
-    :func:`sample_indices` positions of the flattened weight (``[out * in]``), as float64."""
-    indices = sample_indices(name, weight.numel())
-    flat = weight.detach().reshape(-1)
-    values = flat[torch.tensor(indices, device=flat.device)].to(torch.float64).cpu().tolist()
-    return {"indices": indices, "values": values}
-
-
-def check_weight_samples(name: str, weight: torch.Tensor, samples: Mapping[str, list], source: str | Path) -> None:
-    """Refuse a base weight whose entries differ from the recorded ``samples``.
-
-    The same weights stored in bf16 or fp16 pass (see :data:`SAMPLE_RTOL`); negated, permuted
-    or other weights do not. ``source`` names the file the samples come from.
-    """
-    indices, values = samples["indices"], samples["values"]
-    if any(i >= weight.numel() for i in indices):
-        raise AdapterFileError(f"{source}: the base-weight samples of layer {name!r} point outside its weight; the file is damaged")
-    flat = weight.detach().reshape(-1)
-    have = flat[torch.tensor(indices, device=flat.device)].to(torch.float64).cpu().tolist()
-    for position, (found, want) in enumerate(zip(have, values)):
-        same = found == want or (math.isnan(found) and math.isnan(want))
-        if not same and not abs(found - want) <= SAMPLE_RTOL * abs(want) + SAMPLE_ATOL:
-            raise AdapterFileError(
-                f"layer {name!r}: the base weights differ from those the adapter was trained on (entry "
-                f"{indices[position]} of the weight is {found:.6g}, it was {want:.6g} in training; another "
-                "checkpoint, or weights changed since); load the right base model, or pass check_base_weights=False"
-            )
-
-
-def check_weight_checksum(name: str, weight: torch.Tensor, want: float) -> None:
-    """Refuse a base weight whose :func:`weight_checksum` is not the recorded ``want`` (within
-    0.1 %, which the same weights in bf16 or fp16 stay inside)."""
-    have = weight_checksum(weight)
-    if not abs(have - float(want)) <= CHECKSUM_RTOL * max(abs(float(want)), 1e-12):
-        raise AdapterFileError(
-            f"layer {name!r}: the base weights differ from those the adapter was trained on (mean |w| "
-            f"{have:.6g} vs {float(want):.6g}); load the right base model, or pass check_base_weights=False"
-        )
-
-
-def valid_weight_samples(samples: Any) -> bool:
-    """``{layer: {"indices": [int >= 0, ...], "values": [number, ...]}}``, lists of one length."""
-    def numbers(values):
-        return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-
-    return isinstance(samples, dict) and all(
-        isinstance(entry, dict) and isinstance(entry.get("indices"), list) and numbers(entry.get("values"))
-        and all(is_non_negative_int(i) for i in entry["indices"]) and len(entry["indices"]) == len(entry["values"])
-        for entry in samples.values()
-    )
-
-
 # -- reading ---------------------------------------------------------------------------
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """The parsed ``adapter_config.json`` of a Partial-LoRA folder (checked for structure)."""
@@ -313,11 +237,9 @@ def _read_config(directory: Path) -> dict[str, Any]:
                       ("base_weight_checksums", dict)):
         if not isinstance(document.get(key), kind):
             raise AdapterFileError(f"{config_path}: field {key!r} is missing or not a {kind.__name__}; the file is damaged")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in document["base_weight_checksums"].values()):
-        raise AdapterFileError(f"{config_path}: field 'base_weight_checksums' must map layer names to numbers")
-    if "base_weight_samples" in document and not valid_weight_samples(document["base_weight_samples"]):
-        raise AdapterFileError(f"{config_path}: field 'base_weight_samples' must map layer names to "
-                               "{indices, values} lists of one length; the file is damaged")
+    malformed = malformed_field(document, required=["base_weight_checksums"])
+    if malformed is not None:
+        raise AdapterFileError(f"{config_path}: field {malformed!r} must be {FIELDS[malformed]}; the file is damaged")
     for name, entries in document["modules_to_save"].items():
         if not (isinstance(entries, dict) and all(isinstance(shape, list) and all(is_non_negative_int(v) for v in shape)
                                                   for shape in entries.values())):
@@ -368,8 +290,9 @@ def load(
 
     Args:
         trainable: keep the adapter tensors (and saved modules) trainable, e.g. to resume training.
-        check_base_weights: compare each adapted base weight with the samples saved of it
-            (:func:`weight_samples`; files without them: its mean absolute value).
+        check_base_weights: compare each adapted base weight with the samples saved of it,
+            and every other base tensor with its saved mean absolute value
+            (:mod:`partial_lora.base_weights`; older files hold less, and less is checked).
     """
     directory = Path(directory)
     document, tensors = read_adapter(directory)
@@ -380,6 +303,9 @@ def load(
     saved = _verify_saved_modules(base_model, document, tensors)
     known = _known_tensors(values, indices, saved)
     _refuse_unknown_tensors(directory, tensors, known)
+    if check_base_weights:
+        check_other_tensors(base_model, document, [*document["layers"], *document["modules_to_save"]],
+                            error=AdapterFileError)
     # Everything checked: now change the model.
     multipliers = {name: float(info["keep_multiplier"]) for name, info in document["layers"].items()}
     layers = inject(base_model, config, indices, multipliers=multipliers)
@@ -405,8 +331,9 @@ def load_weights(model: nn.Module, directory: str | os.PathLike, *, check_base_w
     selected, and ``requires_grad`` flags stay as they are. Everything is verified before a
     tensor is copied: the folder adapts exactly the model's adapted layers, each with the
     same kind, shape, rank, alpha and the same kept row and column indices, and saves the
-    same modules with tensors of the same shapes; the base weights are checked as by
-    :func:`load`. Otherwise :class:`AdapterFileError` says what differs and the model is
+    same modules with tensors of the same shapes; the adapted base weights are checked as by
+    :func:`load` (the other base tensors are not: a model that trains in train mode may
+    have moved its batch-norm statistics since). Otherwise :class:`AdapterFileError` says what differs and the model is
     left untouched.
     """
     directory = Path(directory)
@@ -482,8 +409,6 @@ def _refuse_unknown_tensors(directory: Path, tensors: Mapping[str, torch.Tensor]
 
 def _verify_layers(model, document, tensors, check_base_weights):
     modules = dict(model.named_modules())
-    checksums = document.get("base_weight_checksums", {})
-    samples = document.get("base_weight_samples", {})
     indices, values = {}, {}
     shapes = {}
     for name, info in document["layers"].items():
@@ -513,10 +438,8 @@ def _verify_layers(model, document, tensors, check_base_weights):
                 "(its forward may differ); load it into the model it was made for"
             )
         shapes[name] = (kind, *shape)
-        if check_base_weights and name in samples:
-            check_weight_samples(name, module.weight, samples[name], CONFIG_NAME)
-        if check_base_weights and name in checksums:  # with the samples: catches edits the samples miss
-            check_weight_checksum(name, module.weight, checksums[name])
+        if check_base_weights:
+            check_adapted_weight(name, module.weight, document, CONFIG_NAME, error=AdapterFileError)
         rank, rows, columns = info["rank"], info["rows"], info["columns"]
         expected = {"lora_A": (rank, columns), "lora_B": (rows, rank), "lora_rows": (rows,), "lora_columns": (columns,)}
         full = {"lora_rows": rows == shape[0], "lora_columns": columns == shape[1]}

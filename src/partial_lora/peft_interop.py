@@ -11,9 +11,9 @@ laid out, and PEFT corrects it per layer (with a warning) from the layer's type.
 for the first adapted layer, so a model whose adapted layers are all ``Conv1D`` (GPT-2) or all
 ``nn.Linear`` loads without warnings; import reads both layouts the same way.
 
-An exported folder also holds ``partial_lora_base.json``, the fingerprint of the adapted base
-weights (:func:`partial_lora.adapter_files.weight_samples`), which PEFT ignores and
-:func:`import_peft` checks, as :func:`partial_lora.load` does with its own folders.
+An exported folder also holds ``partial_lora_base.json``, the fingerprint of the base weights
+(:mod:`partial_lora.base_weights`), which PEFT ignores and :func:`import_peft` checks, as
+:func:`partial_lora.load` does with its own folders.
 """
 
 from __future__ import annotations
@@ -27,16 +27,9 @@ import torch
 from torch import nn
 
 from .config import PartialLoraConfig
-from .adapter_files import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    AdapterFileError,
-    check_weight_checksum,
-    check_weight_samples,
-    valid_weight_samples,
-    weight_checksum,
-    weight_samples,
-)
+from .adapter_files import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError
+from .base_weights import FIELDS, check_adapted_weight, check_other_tensors, malformed_field
+from .base_weights import record as record_base
 from .files import (
     atomic_save_tensors,
     atomic_write_json,
@@ -110,8 +103,7 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, *, task_type: st
         "format": BASE_FORMAT,
         "format_version": BASE_FORMAT_VERSION,
         "base_model": model_name_or_path(model),
-        "base_weight_samples": {n: weight_samples(n, layer.weight) for n, layer in layers.items()},
-        "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
+        **record_base(model, layers, covered=[*layers, *saved]),
     })
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -219,7 +211,7 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
             raise AdapterFileError(f"saved tensor {module_name}.{tensor_name} in {directory / WEIGHTS_NAME} contains "
                                    "NaN or infinite values (a diverged training run?); export it again from a good one")
     if check_base_weights and base is not None:
-        for name, samples in base["base_weight_samples"].items():
+        for name in base["base_weight_samples"]:
             module = modules.get(name)
             if not isinstance(getattr(module, "weight", None), torch.Tensor):
                 raise AdapterFileError(
@@ -227,9 +219,8 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
                     f"base model ({type(base_model).__name__}) does not have; load the right base model, or pass "
                     "check_base_weights=False"
                 )
-            check_weight_samples(name, module.weight, samples, directory / BASE_NAME)
-            if name in base.get("base_weight_checksums", {}):  # sidecars before 2026-12 have none
-                check_weight_checksum(name, module.weight, base["base_weight_checksums"][name])
+            check_adapted_weight(name, module.weight, base, directory / BASE_NAME, error=AdapterFileError)
+        check_other_tensors(base_model, base, [*grouped, *{m for m, _ in saved}], error=AdapterFileError)
 
     config = PartialLoraConfig(
         r=default_rank,
@@ -282,12 +273,9 @@ def _read_base_fingerprint(directory: Path) -> dict[str, Any] | None:
     document = read_json_object(path, error=AdapterFileError, fix=fix)
     check_signed(document, path, format=BASE_FORMAT, version=BASE_FORMAT_VERSION, error=AdapterFileError,
                  what="a Partial-LoRA base-weight fingerprint", fix=fix)
-    if not valid_weight_samples(document.get("base_weight_samples")):
-        raise AdapterFileError(f"{path}: field 'base_weight_samples' is malformed; {fix}")
-    checksums = document.get("base_weight_checksums", {})
-    if not isinstance(checksums, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                  for v in checksums.values()):
-        raise AdapterFileError(f"{path}: field 'base_weight_checksums' is malformed; {fix}")
+    malformed = malformed_field(document, required=["base_weight_samples"])
+    if malformed is not None:
+        raise AdapterFileError(f"{path}: field {malformed!r} is malformed (expected {FIELDS[malformed]}); {fix}")
     return document
 
 

@@ -1,0 +1,276 @@
+"""What a saved adapter records of the base model it was trained on, and the check against it.
+
+An adapter is a difference from one set of base weights; put onto other weights it gives
+a wrong model without any error. A saved adapter therefore records:
+
+* of each **adapted** weight, 32 entries at name-seeded positions (:func:`weight_samples`)
+  and its mean absolute value (:func:`weight_checksum`): a negated, permuted, other or
+  locally edited weight is refused;
+* of every **other** tensor of the base (parameters and persistent buffers outside the
+  adapted layers and outside ``modules_to_save``), 8 entries and its mean absolute value
+  (:func:`other_tensor_fingerprints`): embeddings, unadapted layers, norms, and BatchNorm
+  statistics that training in train mode moved, though the adapter does not hold them.
+
+The same weights in bfloat16 or float16 pass every check (the tolerances below). The
+check functions take the exception class to raise (``error``), as :mod:`partial_lora.files`
+does, so the adapter folders and the PEFT export report mismatches alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .checks import is_non_negative_int
+
+# This many entries of each adapted weight, and how close a base's entries must be to them.
+# 2^-7 relative is twice bf16's rounding error (fp16's is smaller); 2^-24 absolute covers
+# fp16's subnormals. A negated, permuted or other weight misses by far more.
+SAMPLES_PER_LAYER = 32
+SAMPLE_RTOL = 2.0**-7
+SAMPLE_ATOL = 2.0**-24
+# Every other base tensor: this many entries (besides its mean |x|); ~0.2 KB of JSON each
+# (SmolLM2-135M: 243 tensors).
+SAMPLES_PER_OTHER_TENSOR = 8
+# Mean |w| agrees within this fraction for the same weights in bf16 or fp16.
+CHECKSUM_RTOL = 1e-3
+# Tensors are summed in float64 this many entries at a time (bounded extra memory).
+CHECKSUM_CHUNK = 1 << 22
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+FIX = "load the right base model, or pass check_base_weights=False"
+
+
+# -- adapted weights -------------------------------------------------------------------
+def sample_indices(name: str, numel: int, count: int = SAMPLES_PER_LAYER) -> list[int]:
+    """``count`` positions in a flattened weight of ``numel`` entries, fixed by the module's name
+    (sha256 of ``"<name>/<i>"``, so two layers of one shape are sampled at other positions)."""
+    return [int.from_bytes(hashlib.sha256(f"{name}/{i}".encode()).digest()[:8], "little") % numel
+            for i in range(count)]
+
+
+def weight_samples(name: str, weight: torch.Tensor, count: int = SAMPLES_PER_LAYER) -> dict[str, list]:
+    """A fingerprint of a base weight: ``{"indices": [...], "values": [...]}``, the values of
+    ``count`` :func:`sample_indices` positions of the flattened weight (``[out * in]``), as float64."""
+    indices = sample_indices(name, weight.numel(), count)
+    flat = weight.detach().reshape(-1)
+    values = flat[torch.tensor(indices, device=flat.device)].to(torch.float64).cpu().tolist()
+    return {"indices": indices, "values": values}
+
+
+def weight_checksum(weight: torch.Tensor) -> float:
+    """Mean absolute value of a tensor, summed in float64 (0.0 for an empty tensor).
+
+    Checked next to :func:`weight_samples` for adapted weights (it sees every entry, so a
+    large local edit the 32 samples miss changes it; alone, as in files written before the
+    samples, it misses a negated or permuted weight), and alone for every other tensor.
+    """
+    flat = weight.detach().reshape(-1)
+    if flat.numel() == 0:
+        return 0.0
+    if flat.dtype == torch.bool:
+        flat = flat.to(torch.uint8)
+    total = sum(float(chunk.abs().sum(dtype=torch.float64)) for chunk in flat.split(CHECKSUM_CHUNK))
+    return total / flat.numel()
+
+
+def _first_mismatch(weight: torch.Tensor, samples: Mapping[str, list]) -> tuple[int, float, float] | None:
+    """``(position, found, recorded)`` of the first sampled entry that differs, or None."""
+    indices, values = samples["indices"], samples["values"]
+    flat = weight.detach().reshape(-1)
+    have = flat[torch.tensor(indices, device=flat.device, dtype=torch.int64)].to(torch.float64).cpu().tolist()
+    for position, found, want in zip(indices, have, values):
+        same = found == want or (math.isnan(found) and math.isnan(want))
+        if not same and not abs(found - want) <= SAMPLE_RTOL * abs(want) + SAMPLE_ATOL:
+            return position, found, want
+    return None
+
+
+def check_weight_samples(name: str, weight: torch.Tensor, samples: Mapping[str, list], source: Any, *,
+                         error: type[Exception]) -> None:
+    """Refuse a base weight whose entries differ from the recorded ``samples``.
+
+    The same weights stored in bf16 or fp16 pass (see :data:`SAMPLE_RTOL`); negated, permuted
+    or other weights do not. ``source`` names the file the samples come from.
+    """
+    if any(i >= weight.numel() for i in samples["indices"]):
+        raise error(f"{source}: the base-weight samples of layer {name!r} point outside its weight; the file is damaged")
+    mismatch = _first_mismatch(weight, samples)
+    if mismatch is not None:
+        position, found, want = mismatch
+        raise error(
+            f"layer {name!r}: the base weights differ from those the adapter was trained on (entry "
+            f"{position} of the weight is {found:.6g}, it was {want:.6g} in training; another "
+            f"checkpoint, or weights changed since); {FIX}"
+        )
+
+
+def _same_checksum(have: float, want: float) -> bool:
+    if math.isnan(have) or math.isnan(want):
+        return math.isnan(have) and math.isnan(want)
+    return abs(have - want) <= CHECKSUM_RTOL * max(abs(want), 1e-12)
+
+
+def check_weight_checksum(name: str, weight: torch.Tensor, want: float, *, error: type[Exception]) -> None:
+    """Refuse a base weight whose :func:`weight_checksum` is not the recorded ``want`` (within
+    0.1 %, which the same weights in bf16 or fp16 stay inside)."""
+    have = weight_checksum(weight)
+    if not _same_checksum(have, float(want)):
+        raise error(
+            f"layer {name!r}: the base weights differ from those the adapter was trained on (mean |w| "
+            f"{have:.6g} vs {float(want):.6g}); {FIX}"
+        )
+
+
+def valid_weight_samples(samples: Any) -> bool:
+    """``{layer: {"indices": [int >= 0, ...], "values": [number, ...]}}``, lists of one length."""
+    def numbers(values):
+        return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+    return isinstance(samples, dict) and all(
+        isinstance(entry, dict) and isinstance(entry.get("indices"), list) and numbers(entry.get("values"))
+        and all(is_non_negative_int(i) for i in entry["indices"]) and len(entry["indices"]) == len(entry["values"])
+        for entry in samples.values()
+    )
+
+
+def valid_checksums(checksums: Any) -> bool:
+    """``{name: number}`` (NaN allowed: a base may hold NaN)."""
+    return isinstance(checksums, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in checksums.values())
+
+
+# -- everything else -------------------------------------------------------------------
+def _outside(name: str, covered: Iterable[str]) -> bool:
+    return not any(name == c or name.startswith(c + ".") for c in covered)
+
+
+def other_tensors(model: nn.Module, covered: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer of ``model`` by full name, except those of the
+    modules named in ``covered`` (the adapted layers and ``modules_to_save``) and their
+    children, and except tensors sharing memory with theirs (a head tied to the embeddings)."""
+    covered = list(covered)
+    found: dict[str, torch.Tensor] = {}
+    skipped_memory: set[int] = set()
+    for module_name, module in model.named_modules():
+        tensors = [*module.named_parameters(recurse=False),
+                   *((n, b) for n, b in module.named_buffers(recurse=False)
+                     if b is not None and n not in module._non_persistent_buffers_set)]
+        inside = not _outside(module_name, covered) if module_name else False
+        for tensor_name, tensor in tensors:
+            if inside:
+                skipped_memory.add(tensor.data_ptr())
+            else:
+                found[f"{module_name}.{tensor_name}" if module_name else tensor_name] = tensor
+    return {n: t for n, t in found.items() if t.numel() == 0 or t.data_ptr() not in skipped_memory}
+
+
+def other_tensor_fingerprints(model: nn.Module, covered: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Of each of :func:`other_tensors`: ``{full name: {"numel": entries, "mean_abs": mean |x|,
+    "values": [...]}}``, the values at :data:`SAMPLES_PER_OTHER_TENSOR` positions that
+    :func:`sample_indices` derives from the name and ``numel`` (a negated or permuted tensor
+    keeps its mean |x|, not its entries)."""
+    fingerprints = {}
+    for name, tensor in other_tensors(model, covered).items():
+        values = weight_samples(name, tensor, SAMPLES_PER_OTHER_TENSOR)["values"] if tensor.numel() else []
+        fingerprints[name] = {"numel": tensor.numel(), "mean_abs": _short(weight_checksum(tensor)),
+                              "values": [_short(v) for v in values]}
+    return fingerprints
+
+
+def _short(value: float) -> float:
+    """``value`` to 9 significant digits: far inside every tolerance here, half the JSON."""
+    return float(f"{value:.9g}")
+
+
+def valid_other_fingerprints(fingerprints: Any) -> bool:
+    """``{name: {"numel": int >= 0, "mean_abs": number, "values": [number, ...]}}``, with as many
+    values as :func:`other_tensor_fingerprints` samples of that many entries."""
+    def number(value):  # NaN included: a base may hold NaN, and its record says so
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def valid(entry):
+        return (isinstance(entry, dict) and is_non_negative_int(entry.get("numel")) and number(entry.get("mean_abs"))
+                and isinstance(entry.get("values"), list) and all(number(v) for v in entry["values"])
+                and len(entry["values"]) == (SAMPLES_PER_OTHER_TENSOR if entry["numel"] else 0))
+
+    return isinstance(fingerprints, dict) and all(valid(entry) for entry in fingerprints.values())
+
+
+def check_other_tensors(model: nn.Module, document: Mapping[str, Any], covered: Iterable[str], *,
+                        error: type[Exception]) -> None:
+    """Refuse a base whose tensors outside ``covered`` differ from those ``document`` recorded
+    (:func:`other_tensor_fingerprints`): a sampled entry, or the mean |x|. Files written
+    before 2026-12-02 recorded none.
+
+    A recorded name the model lacks (or one it has and the record lacks) is not compared:
+    the layers the adapter needs are checked by name and shape elsewhere, and a model built
+    with another version of its library may name a buffer differently. A tensor of another
+    size is reported.
+    """
+    have = other_tensors(model, covered)
+    for name, entry in document.get("base_other_tensors", {}).items():
+        tensor = have.get(name)
+        if tensor is None:
+            continue
+        samples = {"indices": sample_indices(name, entry["numel"], len(entry["values"])), "values": entry["values"]}
+        if tensor.numel() != entry["numel"]:
+            problem = f"has {tensor.numel()} entries, {entry['numel']} in training"
+        elif (mismatch := _first_mismatch(tensor, samples)) is not None:
+            problem = f"has entry {mismatch[0]} = {mismatch[1]:.6g}, it was {mismatch[2]:.6g} in training"
+        elif not _same_checksum(found := weight_checksum(tensor), float(entry["mean_abs"])):
+            problem = f"has mean |x| {found:.6g}, it was {float(entry['mean_abs']):.6g} in training"
+        else:
+            continue
+        hint = ""
+        if name.rsplit(".", 1)[-1] in STATISTICS:
+            hint = (" (batch-norm statistics move while a model trains in train mode, and the adapter does not hold "
+                    "them: train with the norm layers in eval mode, or name them in modules_to_save)")
+        raise error(
+            f"the base weights differ from those the adapter was trained on outside the adapted layers: tensor "
+            f"{name!r} {problem}{hint}; the adapter would give another model than the trained one; {FIX}"
+        )
+
+
+# -- the record a file keeps, and its check ---------------------------------------------
+FIELDS = {  # field of the record: what it must look like
+    "base_weight_samples": "{layer: {indices, values}} lists of one length",
+    "base_weight_checksums": "{layer: number}",
+    "base_other_tensors": "{tensor: {numel, mean_abs, values}}",
+}
+
+
+def record(model: nn.Module, layers: Mapping[str, nn.Module], covered: Iterable[str]) -> dict[str, Any]:
+    """What a file keeps of the base: the :data:`FIELDS`, of the adapted ``layers`` (by name;
+    each has a ``weight``) and of every tensor outside ``covered`` (the adapted layers and the
+    modules saved with the adapter)."""
+    return {
+        "base_weight_samples": {n: weight_samples(n, layer.weight) for n, layer in layers.items()},
+        "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
+        "base_other_tensors": other_tensor_fingerprints(model, covered),
+    }
+
+
+def malformed_field(document: Mapping[str, Any], required: Iterable[str] = ()) -> str | None:
+    """The first of :data:`FIELDS` that ``document`` holds (or must hold) in another shape, or None."""
+    valid = {"base_weight_samples": valid_weight_samples, "base_weight_checksums": valid_checksums,
+             "base_other_tensors": valid_other_fingerprints}
+    required = set(required)
+    for field, is_valid in valid.items():
+        if (field in document or field in required) and not is_valid(document.get(field)):
+            return field
+    return None
+
+
+def check_adapted_weight(name: str, weight: torch.Tensor, document: Mapping[str, Any], source: Any, *,
+                         error: type[Exception]) -> None:
+    """Check an adapted layer's base ``weight`` against what ``document`` recorded of it (its
+    samples and mean |w|, where present: older files hold only the mean)."""
+    samples, checksums = document.get("base_weight_samples", {}), document.get("base_weight_checksums", {})
+    if name in samples:
+        check_weight_samples(name, weight, samples[name], source, error=error)
+    if name in checksums:  # with the samples: catches edits the samples miss
+        check_weight_checksum(name, weight, checksums[name], error=error)
