@@ -94,15 +94,32 @@ def learning_rate_section(w: Writer) -> None:
                 cells.append(f"**{text}**" if base.get(b) == s["selected"] and value is not None else text)
             cells += [f"{s['grid'][0] / s['grid_base'][0]:g}" if s["grid"] else "-",
                       rate(s["selected"]) if s["selected"] is not None else "-", ",".join(map(str, s["seeds"])),
-                      "" if s["complete"] else "search incomplete"]
+                      _search_note(s)]
             rows.append(cells)
         w.add(f"Columns *at r*: the grid's rates in LoRA's units ({rates(grid)}); a method trains at *factor* "
               "times them (its selected rate is in that unit).", "", *markdown(header, rows), "")
         w.add(*_selection_checks(evidence), "")
+        edges = [s["label"] for s in searches if _search_note(s).endswith("not tried")]
+        if edges:
+            w.add(f"**{len(edges)} of {len(searches)} searches chose an end of the grid** ({', '.join(edges)}): a rate "
+                  "beyond it might score better, so those rows may understate their method.", "")
         main = [s for s in searches if s["part"] == "main"]
         if main:
             w.image(plots.learning_rates(main, w.images / f"{name}-lr.png", f"{name}: validation score per rate "
                                          "(main part; stars: selected)", evidence.metric), f"{name} learning rates")
+
+
+def _search_note(search: dict) -> str:
+    """What a reader must know of one search: cut short, or its choice at an end of the grid
+    (a better rate may lie beyond it)."""
+    if not search["complete"]:
+        return "search incomplete"
+    if search["selected"] is not None and len(search["grid"]) > 1:
+        if search["selected"] == max(search["grid"]):
+            return "top of the grid: higher rates not tried"
+        if search["selected"] == min(search["grid"]):
+            return "bottom of the grid: lower rates not tried"
+    return ""
 
 
 def _selection_checks(evidence: Evidence) -> list[str]:

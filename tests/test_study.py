@@ -220,3 +220,16 @@ def test_a_point_is_above_on_or_below_lora_front_interpolated_in_log_parameters(
     assert evidence.position(evidence.find("main", "above"))["diff_points"] == pytest.approx(95 - 65)
     left = evidence.position(evidence.find("main", "left"))
     assert left["range"] == "left" and left["diff_points"] == pytest.approx(60 - 50)  # against r=1, flat
+
+
+def test_a_rate_chosen_at_an_end_of_the_grid_is_flagged():
+    from studies.sections import _search_note
+
+    def search(selected, complete=True):
+        return {"grid": [1e-3, 2e-3, 5e-3], "selected": selected, "complete": complete}
+
+    assert _search_note(search(5e-3)) == "top of the grid: higher rates not tried"
+    assert _search_note(search(1e-3)) == "bottom of the grid: lower rates not tried"
+    assert _search_note(search(2e-3)) == ""
+    assert _search_note(search(5e-3, complete=False)) == "search incomplete"
+    assert _search_note({"grid": [1e-3], "selected": 1e-3, "complete": True}) == ""  # one rate: no search
