@@ -421,3 +421,14 @@ def test_a_malformed_record_of_the_other_tensors_is_refused_as_damage(saved, exp
         with pytest.raises(AdapterFileError, match="base_other_tensors"):
             (partial_lora.load if file == "adapter_config.json" else partial_lora.import_peft)(base, folder)
         assert_untouched(base, before)
+
+
+def test_tensors_without_data_are_left_out_of_the_record_and_the_check():
+    """Offloaded (``meta``) tensors cannot be read: neither recorded nor compared."""
+    from partial_lora.base_weights import check_other_tensors, other_tensor_fingerprints, other_tensors
+
+    model = ConvNet()
+    record = {"base_other_tensors": other_tensor_fingerprints(model, ["fc"])}
+    model.head.to("meta")
+    assert "head.weight" not in other_tensors(model, ["fc"]) and "conv.weight" in other_tensors(model, ["fc"])
+    check_other_tensors(model, record, ["fc"], error=AdapterFileError)  # head skipped, the rest the same

@@ -151,7 +151,8 @@ def _outside(name: str, covered: Iterable[str]) -> bool:
 def other_tensors(model: nn.Module, covered: Iterable[str]) -> dict[str, torch.Tensor]:
     """Every parameter and persistent buffer of ``model`` by full name, except those of the
     modules named in ``covered`` (the adapted layers and ``modules_to_save``) and their
-    children, and except tensors sharing memory with theirs (a head tied to the embeddings)."""
+    children, and except tensors sharing memory with theirs (a head tied to the embeddings) and
+    tensors without data here (on the ``meta`` device: offloaded by ``accelerate``)."""
     covered = list(covered)
     found: dict[str, torch.Tensor] = {}
     skipped_memory: set[int] = set()
@@ -163,7 +164,7 @@ def other_tensors(model: nn.Module, covered: Iterable[str]) -> dict[str, torch.T
         for tensor_name, tensor in tensors:
             if inside:
                 skipped_memory.add(tensor.data_ptr())
-            else:
+            elif not tensor.is_meta:
                 found[f"{module_name}.{tensor_name}" if module_name else tensor_name] = tensor
     return {n: t for n, t in found.items() if t.numel() == 0 or t.data_ptr() not in skipped_memory}
 
