@@ -336,7 +336,8 @@ def test_the_config_records_every_other_tensor_of_the_base(saved):
     recorded = json.loads((folder / "adapter_config.json").read_text())["base_other_tensors"]
     assert "bert.embeddings.word_embeddings.weight" in recorded
     assert LAYER.replace("query", "key") + ".weight" in recorded
-    assert not any(name.startswith((LAYER + ".", "classifier.")) for name in recorded)
+    assert LAYER + ".bias" in recorded  # the adapted layer's bias is base state the adapter lacks
+    assert not any(name.startswith((LAYER + ".", "classifier.")) and name != LAYER + ".bias" for name in recorded)
     embeddings = model.bert.embeddings.word_embeddings.weight
     entry = recorded[LAYER_EMBEDDINGS]
     assert entry["mean_abs"] == pytest.approx(float(embeddings.double().abs().mean()), rel=1e-8)  # 9 digits kept
@@ -406,7 +407,7 @@ def test_a_tied_head_in_modules_to_save_loads_onto_a_fresh_base(tmp_path):
     {"numel": 3200, "mean_abs": 0.1, "values": [0.5, 0.6]},
     {"numel": 3200, "mean_abs": "x", "values": [0.5] * 8},
     {"numel": -1, "mean_abs": 0.1, "values": [0.5] * 8},
-    {"numel": 3200, "values": [0.5] * 8},
+    {"numel": 3200, "mean_abs": None, "values": [0.5] * 8},
     {"numel": 3200, "mean_abs": 0.1, "values": ["x"] * 8},
 ])
 def test_a_malformed_record_of_the_other_tensors_is_refused_as_damage(saved, exported, entry):
@@ -432,3 +433,58 @@ def test_tensors_without_data_are_left_out_of_the_record_and_the_check():
     model.head.to("meta")
     assert "head.weight" not in other_tensors(model, ["fc"]) and "conv.weight" in other_tensors(model, ["fc"])
     check_other_tensors(model, record, ["fc"], error=AdapterFileError)  # head skipped, the rest the same
+
+
+class Unusual(torch.nn.Module):
+    """Tensors a whole-base check must read right: a scalar, tiny and huge constants, an
+    infinity, integers, a complex buffer, beside one adapted layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(8, 8)
+        self.logit_scale = torch.nn.Parameter(torch.tensor(4.6052))  # CLIP's
+        self.layer_scale = torch.nn.Parameter(torch.full((8,), 1e-6))  # ConvNeXt's
+        self.register_buffer("big", torch.tensor(1e4))
+        self.register_buffer("clip_max", torch.tensor(float("inf")))
+        self.register_buffer("order", torch.arange(1000))
+        self.register_buffer("spectrum", torch.randn(4, dtype=torch.complex64))
+
+    def forward(self, x):
+        return self.fc(x).clamp(max=self.clip_max) * self.logit_scale + self.layer_scale * self.big
+
+
+def unusual_adapter(tmp_path):
+    model = partial_lora.apply(Unusual(), PartialLoraConfig(r=2, keep_ratio=0.5, target_modules=["fc"]))
+    randomize_adapters(model)
+    return model, partial_lora.save(model, tmp_path / "adapter")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_scalars_constants_infinities_integers_and_complex_tensors_pass_in_any_precision(tmp_path, dtype, recwarn):
+    model, folder = unusual_adapter(tmp_path)
+    base = Unusual()
+    for tensor in [base.logit_scale, base.layer_scale, base.big]:  # the same weights, rounded to dtype
+        tensor.data = tensor.data.to(dtype).float()
+    loaded = partial_lora.load(base, folder).eval()
+    if dtype == torch.float32:
+        x = torch.randn(3, 8, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(loaded(x), model.eval()(x), rtol=0, atol=1e-6)
+    assert not [w for w in recwarn if "complex" in str(w.message)]
+
+
+@pytest.mark.parametrize("edit", ["integers shifted by one", "adapted layer's bias negated", "complex buffer conjugated"])
+def test_small_exact_or_hidden_differences_are_refused(tmp_path, edit):
+    _, folder = unusual_adapter(tmp_path)
+    base = Unusual()
+    with torch.no_grad():
+        if edit == "integers shifted by one":
+            base.order += 1  # 0.2 % of the mean: an integer tensor must match exactly
+        elif edit == "adapted layer's bias negated":
+            base.fc.bias.neg_()
+        else:
+            base.spectrum.copy_(base.spectrum.conj())
+    before = snapshot(base)
+    with pytest.raises(AdapterFileError, match="outside the adapted layers: tensor '(order|fc.bias|spectrum)'"):
+        partial_lora.load(base, folder)
+    assert_untouched(base, before)

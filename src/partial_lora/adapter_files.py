@@ -305,7 +305,7 @@ def load(
     _refuse_unknown_tensors(directory, tensors, known)
     if check_base_weights:
         check_other_tensors(base_model, document, [*document["layers"], *document["modules_to_save"]],
-                            error=AdapterFileError)
+                            adapted=document["layers"], error=AdapterFileError)
     # Everything checked: now change the model.
     multipliers = {name: float(info["keep_multiplier"]) for name, info in document["layers"].items()}
     layers = inject(base_model, config, indices, multipliers=multipliers)

@@ -33,9 +33,11 @@ from .checks import is_non_negative_int
 SAMPLES_PER_LAYER = 32
 SAMPLE_RTOL = 2.0**-7
 SAMPLE_ATOL = 2.0**-24
-# Every other base tensor: this many entries (besides its mean |x|); ~0.2 KB of JSON each
-# (SmolLM2-135M: 243 tensors).
+# Every other base tensor: this many entries, and its mean |x| up to this size (a larger
+# tensor, an embedding or an unadapted projection of a large model, is sampled only, so that
+# a save does not read the whole model); ~0.2 KB of JSON per tensor (SmolLM2-135M: 243).
 SAMPLES_PER_OTHER_TENSOR = 8
+MEAN_ABS_MAX_ENTRIES = 1 << 22
 # Mean |w| agrees within this fraction for the same weights in bf16 or fp16.
 CHECKSUM_RTOL = 1e-3
 # Tensors are summed in float64 this many entries at a time (bounded extra memory).
@@ -109,6 +111,8 @@ def check_weight_samples(name: str, weight: torch.Tensor, samples: Mapping[str, 
 
 
 def _same_checksum(have: float, want: float) -> bool:
+    if have == want:
+        return True
     if math.isnan(have) or math.isnan(want):
         return math.isnan(have) and math.isnan(want)
     return abs(have - want) <= CHECKSUM_RTOL * max(abs(want), 1e-12)
@@ -144,41 +148,59 @@ def valid_checksums(checksums: Any) -> bool:
 
 
 # -- everything else -------------------------------------------------------------------
-def _outside(name: str, covered: Iterable[str]) -> bool:
-    return not any(name == c or name.startswith(c + ".") for c in covered)
+def _is_covered(name: str, covered: set[str]) -> bool:
+    """Whether module ``name`` is one of ``covered`` or inside one (a set lookup per prefix)."""
+    parts = name.split(".")
+    return any(".".join(parts[:i]) in covered for i in range(1, len(parts) + 1))
 
 
-def other_tensors(model: nn.Module, covered: Iterable[str]) -> dict[str, torch.Tensor]:
+def _persistent_tensors(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return [*module.named_parameters(recurse=False),
+            *((n, b) for n, b in module.named_buffers(recurse=False)
+              if b is not None and n not in module._non_persistent_buffers_set)]
+
+
+def other_tensors(model: nn.Module, covered: Iterable[str], adapted: Iterable[str] = ()) -> dict[str, torch.Tensor]:
     """Every parameter and persistent buffer of ``model`` by full name, except those of the
     modules named in ``covered`` (the adapted layers and ``modules_to_save``) and their
-    children, and except tensors sharing memory with theirs (a head tied to the embeddings) and
-    tensors without data here (on the ``meta`` device: offloaded by ``accelerate``)."""
-    covered = list(covered)
+    children, plus the ``bias`` of each ``adapted`` layer (base state the adapter does not
+    hold). Left out besides: tensors sharing memory with a covered one (a head tied to the
+    embeddings) and tensors without data here (``meta``: offloaded by ``accelerate``).
+    Complex tensors are given as their real view ``[..., 2]``."""
+    covered, adapted = set(covered), set(adapted)
     found: dict[str, torch.Tensor] = {}
     skipped_memory: set[int] = set()
     for module_name, module in model.named_modules():
-        tensors = [*module.named_parameters(recurse=False),
-                   *((n, b) for n, b in module.named_buffers(recurse=False)
-                     if b is not None and n not in module._non_persistent_buffers_set)]
-        inside = not _outside(module_name, covered) if module_name else False
+        inside = bool(module_name) and _is_covered(module_name, covered)
+        tensors = _persistent_tensors(module)
+        if module_name in adapted and isinstance(getattr(module, "bias", None), torch.Tensor):
+            found[f"{module_name}.bias"] = module.bias
         for tensor_name, tensor in tensors:
             if inside:
                 skipped_memory.add(tensor.data_ptr())
             elif not tensor.is_meta:
                 found[f"{module_name}.{tensor_name}" if module_name else tensor_name] = tensor
-    return {n: t for n, t in found.items() if t.numel() == 0 or t.data_ptr() not in skipped_memory}
+    kept = {n: t for n, t in found.items()
+            if t.numel() == 0 or t.data_ptr() not in skipped_memory or n.rsplit(".", 1)[0] in adapted}
+    return {n: torch.view_as_real(t.detach()) if t.is_complex() else t for n, t in kept.items() if not t.is_meta}
 
 
-def other_tensor_fingerprints(model: nn.Module, covered: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Of each of :func:`other_tensors`: ``{full name: {"numel": entries, "mean_abs": mean |x|,
-    "values": [...]}}``, the values at :data:`SAMPLES_PER_OTHER_TENSOR` positions that
+def other_tensor_fingerprints(model: nn.Module, covered: Iterable[str],
+                              adapted: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
+    """Of each of :func:`other_tensors`: ``{full name: {"numel": entries, "values": [...],
+    "mean_abs": mean |x|}}``, the values at :data:`SAMPLES_PER_OTHER_TENSOR` positions that
     :func:`sample_indices` derives from the name and ``numel`` (a negated or permuted tensor
-    keeps its mean |x|, not its entries)."""
+    keeps its mean |x|, not its entries). ``mean_abs`` is left out for tensors over
+    :data:`MEAN_ABS_MAX_ENTRIES` (a pass over a large model's every weight at each save)."""
     fingerprints = {}
-    for name, tensor in other_tensors(model, covered).items():
+    for name, tensor in other_tensors(model, covered, adapted).items():
+        exact = not tensor.is_floating_point()
+        keep = (lambda v: v) if exact else _short
         values = weight_samples(name, tensor, SAMPLES_PER_OTHER_TENSOR)["values"] if tensor.numel() else []
-        fingerprints[name] = {"numel": tensor.numel(), "mean_abs": _short(weight_checksum(tensor)),
-                              "values": [_short(v) for v in values]}
+        entry: dict[str, Any] = {"numel": tensor.numel(), "values": [keep(v) for v in values]}
+        if tensor.numel() <= MEAN_ABS_MAX_ENTRIES:
+            entry["mean_abs"] = keep(weight_checksum(tensor))
+        fingerprints[name] = entry
     return fingerprints
 
 
@@ -188,51 +210,67 @@ def _short(value: float) -> float:
 
 
 def valid_other_fingerprints(fingerprints: Any) -> bool:
-    """``{name: {"numel": int >= 0, "mean_abs": number, "values": [number, ...]}}``, with as many
-    values as :func:`other_tensor_fingerprints` samples of that many entries."""
-    def number(value):  # NaN included: a base may hold NaN, and its record says so
+    """``{name: {"numel": int >= 0, "values": [number, ...], "mean_abs": number (optional)}}``,
+    with as many values as :func:`other_tensor_fingerprints` samples of that many entries."""
+    def number(value):  # NaN and inf included: a base may hold them, and its record says so
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
     def valid(entry):
-        return (isinstance(entry, dict) and is_non_negative_int(entry.get("numel")) and number(entry.get("mean_abs"))
+        return (isinstance(entry, dict) and is_non_negative_int(entry.get("numel"))
+                and ("mean_abs" not in entry or number(entry["mean_abs"]))
                 and isinstance(entry.get("values"), list) and all(number(v) for v in entry["values"])
                 and len(entry["values"]) == (SAMPLES_PER_OTHER_TENSOR if entry["numel"] else 0))
 
     return isinstance(fingerprints, dict) and all(valid(entry) for entry in fingerprints.values())
 
 
-def check_other_tensors(model: nn.Module, document: Mapping[str, Any], covered: Iterable[str], *,
-                        error: type[Exception]) -> None:
-    """Refuse a base whose tensors outside ``covered`` differ from those ``document`` recorded
-    (:func:`other_tensor_fingerprints`): a sampled entry, or the mean |x|. Files written
-    before 2026-12-02 recorded none.
+def _close(found: float, want: float, exact: bool) -> bool:
+    """Entries and means of the same tensor in another precision: within :data:`SAMPLE_RTOL`
+    (integers and booleans: equal); NaN matches NaN, an infinity itself."""
+    if found == want or (math.isnan(found) and math.isnan(want)):
+        return True
+    return not exact and abs(found - want) <= SAMPLE_RTOL * abs(want) + SAMPLE_ATOL
+
+
+def check_other_tensors(model: nn.Module, document: Mapping[str, Any], covered: Iterable[str],
+                        adapted: Iterable[str] = (), *, error: type[Exception]) -> None:
+    """Refuse a base whose tensors outside ``covered`` (and ``adapted`` layers' biases) differ
+    from those ``document`` recorded (:func:`other_tensor_fingerprints`): a sampled entry, or
+    the mean |x|. Files written before 2026-12-02 recorded none.
 
     A recorded name the model lacks (or one it has and the record lacks) is not compared:
     the layers the adapter needs are checked by name and shape elsewhere, and a model built
     with another version of its library may name a buffer differently. A tensor of another
     size is reported.
     """
-    have = other_tensors(model, covered)
+    have = other_tensors(model, covered, adapted)
     for name, entry in document.get("base_other_tensors", {}).items():
         tensor = have.get(name)
         if tensor is None:
             continue
-        samples = {"indices": sample_indices(name, entry["numel"], len(entry["values"])), "values": entry["values"]}
+        exact = not tensor.is_floating_point()
+        flat = tensor.detach().reshape(-1)
         if tensor.numel() != entry["numel"]:
             problem = f"has {tensor.numel()} entries, {entry['numel']} in training"
-        elif (mismatch := _first_mismatch(tensor, samples)) is not None:
-            problem = f"has entry {mismatch[0]} = {mismatch[1]:.6g}, it was {mismatch[2]:.6g} in training"
-        elif not _same_checksum(found := weight_checksum(tensor), float(entry["mean_abs"])):
-            problem = f"has mean |x| {found:.6g}, it was {float(entry['mean_abs']):.6g} in training"
         else:
-            continue
-        hint = ""
+            indices = sample_indices(name, entry["numel"], len(entry["values"]))
+            found = flat[torch.tensor(indices, dtype=torch.int64, device=flat.device)].to(torch.float64).cpu().tolist()
+            wrong = [(i, f, w) for i, f, w in zip(indices, found, entry["values"]) if not _close(f, w, exact)]
+            if wrong:
+                problem = f"has entry {wrong[0][0]} = {wrong[0][1]:.6g}, it was {wrong[0][2]:.6g} in training"
+            elif "mean_abs" in entry and not _close(mean := weight_checksum(tensor), float(entry["mean_abs"]), exact):
+                problem = f"has mean |x| {mean:.6g}, it was {float(entry['mean_abs']):.6g} in training"
+            else:
+                continue
         if name.rsplit(".", 1)[-1] in STATISTICS:
-            hint = (" (batch-norm statistics move while a model trains in train mode, and the adapter does not hold "
-                    "them: train with the norm layers in eval mode, or name them in modules_to_save)")
+            hint = ("batch-norm statistics move while a model trains in train mode, and the adapter does not hold "
+                    "them: train with the norm layers in eval mode, or name them in modules_to_save")
+        else:
+            hint = ("another checkpoint, or a layer that building the model initialises at random (one the "
+                    "checkpoint lacks, such as a new pooler: name it in modules_to_save so the adapter holds it)")
         raise error(
             f"the base weights differ from those the adapter was trained on outside the adapted layers: tensor "
-            f"{name!r} {problem}{hint}; the adapter would give another model than the trained one; {FIX}"
+            f"{name!r} {problem} ({hint}); the adapter would give another model than the trained one; {FIX}"
         )
 
 
@@ -240,7 +278,7 @@ def check_other_tensors(model: nn.Module, document: Mapping[str, Any], covered: 
 FIELDS = {  # field of the record: what it must look like
     "base_weight_samples": "{layer: {indices, values}} lists of one length",
     "base_weight_checksums": "{layer: number}",
-    "base_other_tensors": "{tensor: {numel, mean_abs, values}}",
+    "base_other_tensors": "{tensor: {numel, values, mean_abs}}",
 }
 
 
@@ -251,7 +289,7 @@ def record(model: nn.Module, layers: Mapping[str, nn.Module], covered: Iterable[
     return {
         "base_weight_samples": {n: weight_samples(n, layer.weight) for n, layer in layers.items()},
         "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
-        "base_other_tensors": other_tensor_fingerprints(model, covered),
+        "base_other_tensors": other_tensor_fingerprints(model, covered, adapted=layers),
     }
 
 

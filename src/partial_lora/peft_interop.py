@@ -220,7 +220,8 @@ def import_peft(base_model: nn.Module, directory: str | os.PathLike, *, trainabl
                     "check_base_weights=False"
                 )
             check_adapted_weight(name, module.weight, base, directory / BASE_NAME, error=AdapterFileError)
-        check_other_tensors(base_model, base, [*grouped, *{m for m, _ in saved}], error=AdapterFileError)
+        check_other_tensors(base_model, base, [*grouped, *{m for m, _ in saved}], adapted=grouped,
+                            error=AdapterFileError)
 
     config = PartialLoraConfig(
         r=default_rank,
