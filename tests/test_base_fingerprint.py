@@ -488,3 +488,16 @@ def test_small_exact_or_hidden_differences_are_refused(tmp_path, edit):
     with pytest.raises(AdapterFileError, match="outside the adapted layers: tensor '(order|fc.bias|spectrum)'"):
         partial_lora.load(base, folder)
     assert_untouched(base, before)
+
+
+def test_an_offloaded_adapted_weight_is_a_clear_error_at_save_and_at_load(tmp_path):
+    model = partial_lora.apply(ConvNet(), PartialLoraConfig(r=2, keep_ratio=0.5, target_modules=["fc"]))
+    folder = partial_lora.save(model, tmp_path / "adapter")
+    model.fc.weight = torch.nn.Parameter(torch.empty(6, 8, device="meta"), requires_grad=False)
+    with pytest.raises(ValueError, match="offloaded"):
+        partial_lora.save(model, tmp_path / "again")
+    assert not list((tmp_path / "again").iterdir())  # refused before anything was written
+    base = ConvNet()
+    base.fc.to("meta")
+    with pytest.raises(AdapterFileError, match="offloaded"):
+        partial_lora.load(base, folder)

@@ -136,6 +136,7 @@ def _save_locked(model, directory: Path, layers, config, metadata) -> Path:
         saved_info[name] = {key: list(value.shape) for key, value in state.items()}
         for key, value in state.items():
             tensors[f"modules_to_save.{name}.{key}"] = value
+    base = record_base(model, layers, covered=[*layers, *saved_modules])  # may refuse: before anything is written
     for stale in (*directory.glob(f".{WEIGHTS_NAME}.*.tmp"), *directory.glob(f".{CONFIG_NAME}.*.tmp")):
         stale.unlink(missing_ok=True)  # left by a save that was killed; never read
     previous = directory / PREVIOUS_WEIGHTS_NAME
@@ -149,7 +150,7 @@ def _save_locked(model, directory: Path, layers, config, metadata) -> Path:
         "layers": layer_info,
         "modules_to_save": saved_info,
         "base_fingerprint": shape_fingerprint({n: (i["kind"], *i["shape"]) for n, i in layer_info.items()}),
-        **record_base(model, layers, covered=[*layers, *saved_modules]),
+        **base,
         "base_model": model_name_or_path(model),
         "trainable_parameters": sum(l.lora_A.numel() + l.lora_B.numel() for l in layers.values()),
         "weights_sha256": digest,

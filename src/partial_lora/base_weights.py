@@ -286,6 +286,10 @@ def record(model: nn.Module, layers: Mapping[str, nn.Module], covered: Iterable[
     """What a file keeps of the base: the :data:`FIELDS`, of the adapted ``layers`` (by name;
     each has a ``weight``) and of every tensor outside ``covered`` (the adapted layers and the
     modules saved with the adapter)."""
+    offloaded = [n for n, layer in layers.items() if layer.weight.is_meta]
+    if offloaded:
+        raise ValueError(f"the base weight of adapted layer {offloaded[0]!r} is offloaded (on the meta device); an "
+                         "adapter saved from it could not be checked against its base: load the base onto a device")
     return {
         "base_weight_samples": {n: weight_samples(n, layer.weight) for n, layer in layers.items()},
         "base_weight_checksums": {n: weight_checksum(layer.weight) for n, layer in layers.items()},
@@ -309,6 +313,9 @@ def check_adapted_weight(name: str, weight: torch.Tensor, document: Mapping[str,
     """Check an adapted layer's base ``weight`` against what ``document`` recorded of it (its
     samples and mean |w|, where present: older files hold only the mean)."""
     samples, checksums = document.get("base_weight_samples", {}), document.get("base_weight_checksums", {})
+    if weight.is_meta and (name in samples or name in checksums):
+        raise error(f"layer {name!r}: its base weight is offloaded (on the meta device) and cannot be compared with "
+                    f"the one the adapter was trained on; load the base onto a device, or pass check_base_weights=False")
     if name in samples:
         check_weight_samples(name, weight, samples[name], source, error=error)
     if name in checksums:  # with the samples: catches edits the samples miss
