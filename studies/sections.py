@@ -99,7 +99,7 @@ def learning_rate_section(w: Writer) -> None:
         w.add(f"Columns *at r*: the grid's rates in LoRA's units ({rates(grid)}); a method trains at *factor* "
               "times them (its selected rate is in that unit).", "", *markdown(header, rows), "")
         w.add(*_selection_checks(evidence), "")
-        edges = [s["label"] for s in searches if _search_note(s).endswith("not tried")]
+        edges = [s["label"] for s in searches if _grid_end(s) is not None]
         if edges:
             w.add(f"**{len(edges)} of {len(searches)} searches chose an end of the grid** ({', '.join(edges)}): a rate "
                   "beyond it might score better, so those rows may understate their method.", "")
@@ -109,17 +109,22 @@ def learning_rate_section(w: Writer) -> None:
                                          "(main part; stars: selected)", evidence.metric), f"{name} learning rates")
 
 
+def _grid_end(search: dict) -> str | None:
+    """``"top"`` or ``"bottom"`` where a finished search chose an end of its grid (a better rate
+    may lie beyond it), else None."""
+    if not search["complete"] or search["selected"] is None or len(search["grid"]) < 2:
+        return None
+    if search["selected"] == max(search["grid"]):
+        return "top"
+    return "bottom" if search["selected"] == min(search["grid"]) else None
+
+
 def _search_note(search: dict) -> str:
-    """What a reader must know of one search: cut short, or its choice at an end of the grid
-    (a better rate may lie beyond it)."""
+    """What a reader must know of one search: cut short, or its choice at an end of the grid."""
     if not search["complete"]:
         return "search incomplete"
-    if search["selected"] is not None and len(search["grid"]) > 1:
-        if search["selected"] == max(search["grid"]):
-            return "top of the grid: higher rates not tried"
-        if search["selected"] == min(search["grid"]):
-            return "bottom of the grid: lower rates not tried"
-    return ""
+    return {"top": "top of the grid: higher rates not tried", "bottom": "bottom of the grid: lower rates not tried",
+            None: ""}[_grid_end(search)]
 
 
 def _selection_checks(evidence: Evidence) -> list[str]:

@@ -79,14 +79,23 @@ def weight_checksum(weight: torch.Tensor) -> float:
     return total / flat.numel()
 
 
-def _first_mismatch(weight: torch.Tensor, samples: Mapping[str, list]) -> tuple[int, float, float] | None:
-    """``(position, found, recorded)`` of the first sampled entry that differs, or None."""
+def _close(found: float, want: float, exact: bool = False) -> bool:
+    """Entries (and means of other tensors) of the same tensor in another precision: within
+    :data:`SAMPLE_RTOL` (``exact``, for integers and booleans: equal); NaN matches NaN, an
+    infinity itself."""
+    if found == want or (math.isnan(found) and math.isnan(want)):
+        return True
+    return not exact and abs(found - want) <= SAMPLE_RTOL * abs(want) + SAMPLE_ATOL
+
+
+def _first_mismatch(weight: torch.Tensor, samples: Mapping[str, list],
+                    exact: bool = False) -> tuple[int, float, float] | None:
+    """``(position, found, recorded)`` of the first sampled entry that is not :func:`_close`, or None."""
     indices, values = samples["indices"], samples["values"]
     flat = weight.detach().reshape(-1)
     have = flat[torch.tensor(indices, device=flat.device, dtype=torch.int64)].to(torch.float64).cpu().tolist()
     for position, found, want in zip(indices, have, values):
-        same = found == want or (math.isnan(found) and math.isnan(want))
-        if not same and not abs(found - want) <= SAMPLE_RTOL * abs(want) + SAMPLE_ATOL:
+        if not _close(found, want, exact):
             return position, found, want
     return None
 
@@ -129,10 +138,15 @@ def check_weight_checksum(name: str, weight: torch.Tensor, want: float, *, error
         )
 
 
+def _recorded_number(value: Any) -> bool:
+    """An int or float as a record holds it (NaN and infinities included: a base may hold them)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def valid_weight_samples(samples: Any) -> bool:
     """``{layer: {"indices": [int >= 0, ...], "values": [number, ...]}}``, lists of one length."""
     def numbers(values):
-        return isinstance(values, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        return isinstance(values, list) and all(_recorded_number(v) for v in values)
 
     return isinstance(samples, dict) and all(
         isinstance(entry, dict) and isinstance(entry.get("indices"), list) and numbers(entry.get("values"))
@@ -142,9 +156,8 @@ def valid_weight_samples(samples: Any) -> bool:
 
 
 def valid_checksums(checksums: Any) -> bool:
-    """``{name: number}`` (NaN allowed: a base may hold NaN)."""
-    return isinstance(checksums, dict) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in checksums.values())
+    """``{name: number}``."""
+    return isinstance(checksums, dict) and all(_recorded_number(v) for v in checksums.values())
 
 
 # -- everything else -------------------------------------------------------------------
@@ -178,7 +191,7 @@ def other_tensors(model: nn.Module, covered: Iterable[str], adapted: Iterable[st
         for tensor_name, tensor in tensors:
             if inside:
                 skipped_memory.add(tensor.data_ptr())
-            elif not tensor.is_meta:
+            else:
                 found[f"{module_name}.{tensor_name}" if module_name else tensor_name] = tensor
     kept = {n: t for n, t in found.items()
             if t.numel() == 0 or t.data_ptr() not in skipped_memory or n.rsplit(".", 1)[0] in adapted}
@@ -212,24 +225,13 @@ def _short(value: float) -> float:
 def valid_other_fingerprints(fingerprints: Any) -> bool:
     """``{name: {"numel": int >= 0, "values": [number, ...], "mean_abs": number (optional)}}``,
     with as many values as :func:`other_tensor_fingerprints` samples of that many entries."""
-    def number(value):  # NaN and inf included: a base may hold them, and its record says so
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
     def valid(entry):
         return (isinstance(entry, dict) and is_non_negative_int(entry.get("numel"))
-                and ("mean_abs" not in entry or number(entry["mean_abs"]))
-                and isinstance(entry.get("values"), list) and all(number(v) for v in entry["values"])
+                and ("mean_abs" not in entry or _recorded_number(entry["mean_abs"]))
+                and isinstance(entry.get("values"), list) and all(_recorded_number(v) for v in entry["values"])
                 and len(entry["values"]) == (SAMPLES_PER_OTHER_TENSOR if entry["numel"] else 0))
 
     return isinstance(fingerprints, dict) and all(valid(entry) for entry in fingerprints.values())
-
-
-def _close(found: float, want: float, exact: bool) -> bool:
-    """Entries and means of the same tensor in another precision: within :data:`SAMPLE_RTOL`
-    (integers and booleans: equal); NaN matches NaN, an infinity itself."""
-    if found == want or (math.isnan(found) and math.isnan(want)):
-        return True
-    return not exact and abs(found - want) <= SAMPLE_RTOL * abs(want) + SAMPLE_ATOL
 
 
 def check_other_tensors(model: nn.Module, document: Mapping[str, Any], covered: Iterable[str],
@@ -249,15 +251,12 @@ def check_other_tensors(model: nn.Module, document: Mapping[str, Any], covered: 
         if tensor is None:
             continue
         exact = not tensor.is_floating_point()
-        flat = tensor.detach().reshape(-1)
         if tensor.numel() != entry["numel"]:
             problem = f"has {tensor.numel()} entries, {entry['numel']} in training"
         else:
-            indices = sample_indices(name, entry["numel"], len(entry["values"]))
-            found = flat[torch.tensor(indices, dtype=torch.int64, device=flat.device)].to(torch.float64).cpu().tolist()
-            wrong = [(i, f, w) for i, f, w in zip(indices, found, entry["values"]) if not _close(f, w, exact)]
-            if wrong:
-                problem = f"has entry {wrong[0][0]} = {wrong[0][1]:.6g}, it was {wrong[0][2]:.6g} in training"
+            samples = {"indices": sample_indices(name, entry["numel"], len(entry["values"])), "values": entry["values"]}
+            if (mismatch := _first_mismatch(tensor, samples, exact)) is not None:
+                problem = f"has entry {mismatch[0]} = {mismatch[1]:.6g}, it was {mismatch[2]:.6g} in training"
             elif "mean_abs" in entry and not _close(mean := weight_checksum(tensor), float(entry["mean_abs"]), exact):
                 problem = f"has mean |x| {mean:.6g}, it was {float(entry['mean_abs']):.6g} in training"
             else:
