@@ -34,6 +34,9 @@ MAIN_METHODS = ("lora", "partial-lora", "lora-eva", "random-masking", "targeted"
 PARTS = ("main", "pareto", "matched", "thresholds", "ranks", "tickets")
 SEEDS = (0, 1, 2)
 LR_GRID = (1e-3, 2e-3, 5e-3, 1e-2)  # in LoRA's units; methods scale it (full x0.05, VeRA/random masking x10)
+# A search whose best rate is an end of the grid also tries twice (half) that rate, up to this many
+# more rates (`compare --lr-grid-extend`): the same rule for every method and setting.
+LR_GRID_EXTEND = 2
 PARETO_RANKS = (1, 2, 4, 16)  # LoRA; 8 is in main
 PARETO_THRESHOLDS = (0.7, 0.8, 0.95)  # Partial-LoRA and uniform; 0.9 is in main
 # Random masking at the adapter-parameter counts of LoRA at these ranks (main's is sized to a
@@ -43,7 +46,8 @@ ABSOLUTE_THRESHOLDS = (0.7, 0.8, 0.9)
 RANK_SWEEP = {"partial-lora": 16}  # the seed's Fig. 6: a sparser adapter at twice the rank
 TICKET_METHODS = ("svd", "snip", "imp")
 
-# CI's smoke version: the same parts on tiny slices (a few examples per class, one epoch).
+# CI's smoke version: the same parts on tiny slices (a few examples per class, one epoch), and no
+# grid extension (tests/test_lr_search.py tests it).
 SMOKE_DATA_ARGS = ("--train-per-class", "4", "--validation-per-class", "2", "--test-per-class", "3",
                    "--max-length", "32")
 SMOKE_TRAIN_ARGS = ("--shots", "2", "--epochs", "1", "--batch-size", "8")
@@ -60,6 +64,7 @@ class Setting:
         methods: the methods of the ``main`` part.
         parts: the parts run for this setting (costly settings run fewer; the document says so).
         lr_grid: the learning rates every configuration chooses from (LoRA's units).
+        lr_grid_extend: how many rates a search may add past an end of ``lr_grid``.
         pareto_ranks, pareto_thresholds, pareto_masking_ranks: the Pareto part's points.
         shots: the shot counts of the ticket-stability part.
         ticket_methods: the ticket-extraction methods compared at the default shot count.
@@ -71,6 +76,7 @@ class Setting:
     methods: tuple[str, ...] = MAIN_METHODS
     parts: tuple[str, ...] = PARTS
     lr_grid: tuple[float, ...] = LR_GRID
+    lr_grid_extend: int = LR_GRID_EXTEND
     pareto_ranks: tuple[int, ...] = PARETO_RANKS
     pareto_thresholds: tuple[float, ...] = PARETO_THRESHOLDS
     pareto_masking_ranks: tuple[int, ...] = PARETO_MASKING_RANKS
@@ -98,8 +104,7 @@ SETTINGS = {
 SMOKE_METHODS = ("lora", "random-masking", "partial-lora", "targeted", "stochastic", "uniform", "lora-eva")
 
 SMOKE_SETTINGS = {
-    "bbc": Setting("bbc", SETTINGS["bbc"].title, methods=SMOKE_METHODS, lr_grid=SMOKE_LR_GRID, pareto_ranks=(2,),
-                   pareto_thresholds=(0.7,), pareto_masking_ranks=(1,), shots=(2, 3)),
-    "mnist": Setting("mnist", SETTINGS["mnist"].title, methods=SMOKE_METHODS, lr_grid=SMOKE_LR_GRID, pareto_ranks=(2,),
-                     pareto_thresholds=(0.7,), pareto_masking_ranks=(1,), shots=(2, 3)),
+    name: Setting(name, SETTINGS[name].title, methods=SMOKE_METHODS, lr_grid=SMOKE_LR_GRID, lr_grid_extend=0,
+                  pareto_ranks=(2,), pareto_thresholds=(0.7,), pareto_masking_ranks=(1,), shots=(2, 3))
+    for name in ("bbc", "mnist")
 }

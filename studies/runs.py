@@ -195,7 +195,8 @@ def _search_record(search: dict[str, Any], context: dict[str, Any]) -> dict[str,
             "method": search["method"], "rank": search["rank"], "threshold": search["threshold"],
             "grid": list(search["lr_grid"]), "grid_base": list(search["lr_grid_base"]), "seeds": list(search["seeds"]),
             "validation": {t["learning_rate"]: t[metric] for t in search["trials"]},
-            "selected": search["selected"], "selected_on": search["selected_on"], "complete": True}
+            "selected": search["selected"], "selected_on": search["selected_on"], "complete": True,
+            "added": list(search.get("lr_grid_added", [])), "extend": search.get("lr_grid_extend", 0)}
 
 
 def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: list[str]
@@ -205,6 +206,7 @@ def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: lis
                "threshold_mode": _option(argv, "--threshold-mode", "relative"),
                "budget": int(_option(argv, "--budget")) if _option(argv, "--budget") else None}
     grid_base = [float(r) for r in _option(argv, "--lr-grid", "").split(",") if r]
+    extend = int(_option(argv, "--lr-grid-extend", "0"))
     seeds = [int(s) for s in _option(argv, "--seeds", "0").split(",")]
     search_seeds = seeds[:int(_option(argv, "--lr-grid-seeds", "1"))]
     validation_key = f"validation_{loaded.metric}"
@@ -213,7 +215,7 @@ def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: lis
         row = _annotate(json.loads(file.read_text()), context)
         key = (row["method"], row["rank"], row["threshold"])
         if row["seed"] in search_seeds:
-            trials.setdefault(key, {}).setdefault(row["learning_rate"], []).append(row[validation_key])
+            trials.setdefault(key, {}).setdefault(row["lr_base"], []).append(row[validation_key])
         if row.get(loaded.metric) is not None:  # scored on test: its rate was selected on validation
             grid = [method_learning_rate(row["method"], rate) for rate in grid_base] or [row["learning_rate"]]
             row.update(lr_grid=grid, lr_selected_on="validation" if grid_base else "given")
@@ -222,17 +224,21 @@ def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: lis
     for (method, rank, threshold), by_rate in trials.items():
         if not grid_base:
             continue
-        grid = [method_learning_rate(method, rate) for rate in grid_base]
+        tried = sorted({*grid_base, *by_rate})  # the grid and the rates an extension added
         selected = {r["learning_rate"] for r in rows
                     if (r["method"], r["rank"], r["threshold"]) == (method, rank, threshold)}
         probe = {"method": method, "rank": rank, "threshold": threshold,
                  "uses_ticket": threshold is not None, **context}
+        # Ended: every rate of the grid tried and, where the grid may be extended, a kept rate scored on test.
+        ended = set(grid_base) <= set(by_rate) and (not extend or len(selected) == 1)
         searches.append({"part": part, "folder": sub, "label": configuration_label(probe), "method": method,
-                         "rank": rank, "threshold": threshold, "grid": grid, "grid_base": grid_base,
-                         "seeds": search_seeds,
-                         "validation": {rate: statistics.fmean(v) for rate, v in sorted(by_rate.items())},
+                         "rank": rank, "threshold": threshold, "grid": [method_learning_rate(method, r) for r in tried],
+                         "grid_base": tried, "seeds": search_seeds,
+                         "validation": {method_learning_rate(method, rate): statistics.fmean(v)
+                                        for rate, v in sorted(by_rate.items())},
                          "selected": next(iter(selected)) if len(selected) == 1 else None,
-                         "selected_on": "validation", "complete": len(by_rate) == len(grid)})
+                         "selected_on": "validation", "complete": ended,
+                         "added": sorted(set(by_rate) - set(grid_base)), "extend": extend})
     return rows, searches
 
 

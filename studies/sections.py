@@ -6,6 +6,7 @@ which parts are missing. Every difference is a paired interval (:mod:`studies.an
 
 from __future__ import annotations
 
+from partial_lora.commands.lr_search import grid_end
 from partial_lora.statistics import MARGIN_POINTS
 
 from . import plan, plots
@@ -75,9 +76,11 @@ def learning_rate_section(w: Writer) -> None:
     w.add("## 2. Learning rates: chosen on validation, never on test", "",
           "Every configuration (method, rank, threshold) trains seed 0 at every rate of its setting's grid (in "
           "LoRA's units, times the method's factor) and is scored on the "
-          "**validation** split only; the rate with the best validation score is kept (ties: the lower rate). The "
-          "grid runs that were not kept were never scored on test. Cells: validation metric (%) at each rate; "
-          "**bold**: the selected rate.", "")
+          "**validation** split only; the rate with the best validation score is kept (ties: the lower rate). Where "
+          "that is the grid's highest (lowest) rate, twice (half) that rate is tried too, up to "
+          f"{plan.LR_GRID_EXTEND} more rates, until the best lies inside the rates tried: the same rule for every "
+          "method (`--lr-grid-extend`). The grid runs that were not kept were never scored on test. Cells: "
+          "validation metric (%) at each rate tried; **bold**: the selected rate.", "")
     for name, evidence, runs in w.by_setting():
         if w.missing(runs, "main"):
             continue
@@ -101,8 +104,12 @@ def learning_rate_section(w: Writer) -> None:
         w.add(*_selection_checks(evidence), "")
         edges = [s["label"] for s in searches if _grid_end(s) is not None]
         if edges:
-            w.add(f"**{len(edges)} of {len(searches)} searches chose an end of the grid** ({', '.join(edges)}): a rate "
-                  "beyond it might score better, so those rows may understate their method.", "")
+            w.add(f"**{len(edges)} of {len(searches)} searches kept an end of the rates they tried** "
+                  f"({', '.join(edges)}): a rate beyond it might score better, so those rows may understate their "
+                  "method.", "")
+        extended = [s["label"] for s in searches if s.get("added")]
+        if extended:
+            w.add(f"{len(extended)} of {len(searches)} searches went past the grid ({', '.join(extended)}).", "")
         main = [s for s in searches if s["part"] == "main"]
         if main:
             w.image(plots.learning_rates(main, w.images / f"{name}-lr.png", f"{name}: validation score per rate "
@@ -110,21 +117,25 @@ def learning_rate_section(w: Writer) -> None:
 
 
 def _grid_end(search: dict) -> str | None:
-    """``"top"`` or ``"bottom"`` where a finished search chose an end of its grid (a better rate
-    may lie beyond it), else None."""
-    if not search["complete"] or search["selected"] is None or len(search["grid"]) < 2:
+    """``"top"`` or ``"bottom"`` where a finished search kept an end of the rates it tried (a better
+    rate may lie beyond it), else None."""
+    if not search["complete"] or search["selected"] is None:
         return None
-    if search["selected"] == max(search["grid"]):
-        return "top"
-    return "bottom" if search["selected"] == min(search["grid"]) else None
+    return grid_end(search["grid"], search["selected"])
 
 
 def _search_note(search: dict) -> str:
-    """What a reader must know of one search: cut short, or its choice at an end of the grid."""
+    """What a reader must know of one search: cut short, extended past the grid, or kept an end of its rates."""
     if not search["complete"]:
         return "search incomplete"
-    return {"top": "top of the grid: higher rates not tried", "bottom": "bottom of the grid: lower rates not tried",
-            None: ""}[_grid_end(search)]
+    added = search.get("added") or []
+    extended = f"grid extended to {', '.join(rate(r) for r in added)}" if added else ""
+    end = _grid_end(search)
+    if end is None:
+        return extended
+    beyond = "higher" if end == "top" else "lower"
+    limit = f" (the {search['extend']} added rates allowed were used)" if search.get("extend") else ""
+    return "; ".join(filter(None, [extended, f"{end} of the rates tried{limit}: {beyond} rates not tried"]))
 
 
 def _selection_checks(evidence: Evidence) -> list[str]:

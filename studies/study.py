@@ -41,8 +41,9 @@ def part_commands(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequen
     grid = ",".join(f"{rate:g}" for rate in setting.lr_grid)
 
     def compare(folder: Path, *options: str) -> list[str]:
+        extend = ["--lr-grid-extend", str(setting.lr_grid_extend)] if setting.lr_grid_extend else []
         return ["compare", *common, *(plan.SMOKE_TRAIN_ARGS if smoke else ()), "--seeds", seed_list,
-                "--lr-grid", grid, "--lr-grid-seeds", "1", "--out", str(folder), "--resume", *options]
+                "--lr-grid", grid, "--lr-grid-seeds", "1", *extend, "--out", str(folder), "--resume", *options]
 
     if part == "main":
         return [compare(out, "--methods", ",".join(setting.methods))]
@@ -77,8 +78,19 @@ def part_commands(setting: plan.Setting, part: str, runs: Path, *, seeds: Sequen
 
 
 def _finished(argv: list[str]) -> bool:
+    """The command's results exist, and a compare's were made with (at least) its grid extension.
+
+    A compare finished before ``--lr-grid-extend`` was given is run again with ``--resume``:
+    its runs are reused and only the searches that chose an end of the grid train more.
+    """
     out = Path(argv[argv.index("--out") + 1])
-    return (out / ("results.json" if argv[0] == "compare" else "ticket.json")).is_file()
+    if argv[0] != "compare":
+        return (out / "ticket.json").is_file()
+    if not (out / "results.json").is_file():
+        return False
+    extend = int(argv[argv.index("--lr-grid-extend") + 1]) if "--lr-grid-extend" in argv else 0
+    settings = json.loads((out / "results.json").read_text()).get("settings", {})
+    return (settings.get("lr_grid_extend") or 0) >= extend
 
 
 def _claim(folder: Path) -> bool:

@@ -106,6 +106,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
     "lr_grid": (_float_list, "comma-separated learning rates to choose from per method, on validation "
                              "(e.g. 1e-3,2e-3,5e-3,1e-2); replaces --learning-rate"),
     "lr_grid_seeds": (_int, "how many of the first seeds train at every rate of --lr-grid (default 1)"),
+    "lr_grid_extend": (_int, "with --lr-grid: when the best validation score is at the highest (lowest) rate tried, "
+                             "also try twice (half) that rate, up to this many more rates per search (default 0)"),
     "batch_size": (_int, "batch size"),
     "weight_decay": (_float, "AdamW weight decay"),
     "warmup_ratio": (_float, "fraction of steps for linear warm-up"),
@@ -123,7 +125,8 @@ SCHEDULE = ["epochs", "learning_rate", "batch_size", "weight_decay", "warmup_rat
             "checkpoint_every", "resume"]
 COMMANDS: dict[str, tuple[str, list[str]]] = {
     "run": ("derive a ticket, train Partial-LoRA and LoRA side by side, write results and a report",
-            COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds", "lr_grid", "lr_grid_seeds"]),
+            COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds", "lr_grid", "lr_grid_seeds",
+                                                    "lr_grid_extend"]),
     "ticket": ("derive per-layer keep ratios from a few labelled examples",
                ["dataset", "model", "task", "text_column", "label_column", "out", "overwrite", "max_length",
                 "train_per_class", "validation_per_class", "test_per_class", "validation_fraction", "test_fraction",
@@ -134,7 +137,7 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     "merge": ("merge an adapter into its base model and save the merged model", ["model", "dataset", "out", "overwrite"]),
     "compare": ("train several methods / seeds / thresholds / ranks side by side",
                 COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds", "thresholds", "ranks", "lr_grid",
-                                                        "lr_grid_seeds"]),
+                                                        "lr_grid_seeds", "lr_grid_extend"]),
 }
 
 

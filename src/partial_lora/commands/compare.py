@@ -15,6 +15,7 @@ from ..methods import SIZED_BY_TICKET, TICKET_METHODS, MethodNotApplicable, meth
 from ..ticket import Ticket, plot_keep_ratios
 from . import report
 from .fingerprint import check_resumed, run_record, write_record
+from .lr_search import best_rate, end_note, grid_end, rate_beyond
 from .output import Output
 from .runs import check_input, derive_ticket, say, train_method
 from .settings import Settings, resolve
@@ -66,6 +67,10 @@ def _compare(settings: Settings, *, command: str, title: str, verdict_for_run: b
                     results += rows
                     if search is not None:
                         searches.append(search)
+                        note = _search_end_note(search, settings)
+                        if note:
+                            notes.append(note)
+                            say(settings, note)
         if not results:
             raise ValueError("no method could be trained: " + "; ".join(notes))
         primary = task.primary_metric
@@ -127,49 +132,68 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
 
     With ``--lr-grid`` the first ``--lr-grid-seeds`` seeds train at every rate of the grid and
     are scored on **validation** only; the rate with the best mean validation metric (ties:
-    the lower rate) is kept, its runs are then scored on test, and the other seeds train at it.
+    the lower rate) is kept. If it is the highest (lowest) rate tried and ``--lr-grid-extend``
+    allows, twice (half) that rate is tried too, and so on (:mod:`.lr_search`). The kept
+    rate's runs are then scored on test, and the other seeds train at it.
     Returns the reported rows (one per seed, scored on test) and the search record (or None).
     """
     primary = task.primary_metric
     # Baselines sized by the ticket (random masking, EVA) get Partial-LoRA's count at the default threshold.
     ticket_threshold = settings.threshold if threshold is None and method in SIZED_BY_TICKET else threshold
 
-    grid = settings.lr_grid
-    grid_rates = [method_learning_rate(method, rate) for rate in grid] if grid else None
-
-    def run(seed: int, rate: float, *, score_test: bool, tag: str = "", finished=None) -> dict[str, Any]:
-        label = _label(method, rank, threshold, seed, ranks, thresholds) + tag
-        notes = ({"lr_grid": grid_rates, "lr_selected_on": "validation" if score_test else None} if grid else
-                 {"lr_grid": [method_learning_rate(method, rate)], "lr_selected_on": "given"})
+    def run(seed: int, rate: float, *, score_test: bool, notes: dict[str, Any], finished=None) -> dict[str, Any]:
+        label = _label(method, rank, threshold, seed, ranks, thresholds) + (_lr_tag(rate) if settings.lr_grid else "")
         return train_method(task, settings, method=method, seed=seed, rank=rank,
                             ticket=tickets.get(seed, ticket_threshold), out=out, label=label, learning_rate=rate,
                             score_test=score_test, finished=finished, notes=notes)
 
-    rows: list[dict[str, Any]] = []
-    search = None
-    if grid:
-        grid_seeds = settings.seeds[:settings.lr_grid_seeds]
-        trials = {rate: {seed: run(seed, rate, score_test=False, tag=_lr_tag(rate)) for seed in grid_seeds}
-                  for rate in grid}
-        means = {rate: statistics.fmean(row[f"validation_{primary}"] for row in by_seed.values())
-                 for rate, by_seed in trials.items()}
-        chosen = max(sorted(grid), key=lambda rate: means[rate])  # max keeps the first (lowest) of equals
-        rows += [run(seed, chosen, score_test=True, tag=_lr_tag(chosen), finished=trials[chosen][seed])
-                 for seed in grid_seeds]
-        others = [seed for seed in settings.seeds if seed not in grid_seeds]
-        rows += [run(seed, chosen, score_test=True, tag=_lr_tag(chosen)) for seed in others]
-        search = {
-            "method": method, "rank": rank, "threshold": threshold, "lr_grid": grid_rates, "lr_grid_base": list(grid),
-            "seeds": list(grid_seeds), "selected_on": "validation", "metric": f"validation_{primary}",
-            "selected": method_learning_rate(method, chosen),
-            "trials": [{"learning_rate": method_learning_rate(method, rate), "lr_base": rate,
-                        f"validation_{primary}": means[rate],
-                        "by_seed": {str(seed): row[f"validation_{primary}"] for seed, row in trials[rate].items()}}
-                       for rate in grid],
-        }
-    else:
-        rows = [run(seed, settings.learning_rate, score_test=True) for seed in settings.seeds]
+    if not settings.lr_grid:
+        given = {"lr_grid": [method_learning_rate(method, settings.learning_rate)], "lr_selected_on": "given"}
+        return [run(seed, settings.learning_rate, score_test=True, notes=given) for seed in settings.seeds], None
+
+    grid_seeds = settings.seeds[:settings.lr_grid_seeds]
+    trials: dict[float, dict[int, dict[str, Any]]] = {}
+    means: dict[float, float] = {}
+
+    def try_rate(rate: float) -> None:
+        known = sorted({*settings.lr_grid, *means, rate})  # the grid and the rates added so far
+        searching = {"lr_grid": [method_learning_rate(method, r) for r in known], "lr_selected_on": None}
+        trials[rate] = {seed: run(seed, rate, score_test=False, notes=searching) for seed in grid_seeds}
+        means[rate] = statistics.fmean(row[f"validation_{primary}"] for row in trials[rate].values())
+
+    for rate in settings.lr_grid:
+        try_rate(rate)
+    added: list[float] = []
+    chosen = best_rate(means)
+    while len(added) < settings.lr_grid_extend and (end := grid_end(list(means), chosen)) is not None:
+        added.append(rate_beyond(list(means), end))
+        say(settings, f"[{method}] best validation {primary} at {chosen:g}, the {end} of the rates tried; "
+                      f"trying {added[-1]:g}")
+        try_rate(added[-1])
+        chosen = best_rate(means)
+    tried = sorted(means)
+    kept = {"lr_grid": [method_learning_rate(method, rate) for rate in tried], "lr_selected_on": "validation"}
+    rows = [run(seed, chosen, score_test=True, notes=kept, finished=trials[chosen][seed]) for seed in grid_seeds]
+    rows += [run(seed, chosen, score_test=True, notes=kept) for seed in settings.seeds if seed not in grid_seeds]
+    search = {
+        "method": method, "rank": rank, "threshold": threshold, "lr_grid": kept["lr_grid"], "lr_grid_base": tried,
+        "lr_grid_given": list(settings.lr_grid), "lr_grid_added": added, "lr_grid_extend": settings.lr_grid_extend,
+        "seeds": list(grid_seeds), "selected_on": "validation", "metric": f"validation_{primary}",
+        "selected": method_learning_rate(method, chosen), "selected_base": chosen,
+        "at_grid_end": grid_end(tried, chosen),
+        "trials": [{"learning_rate": method_learning_rate(method, rate), "lr_base": rate,
+                    f"validation_{primary}": means[rate],
+                    "by_seed": {str(seed): row[f"validation_{primary}"] for seed, row in trials[rate].items()}}
+                   for rate in tried],
+    }
     return rows, search
+
+
+def _search_end_note(search: dict[str, Any], settings: Settings) -> str | None:
+    """The report's warning when a search kept the highest or lowest rate it tried."""
+    name = " ".join([search["method"], f"r={search['rank']}"] +
+                    ([f"tau={search['threshold']:g}"] if search["threshold"] is not None else []))
+    return end_note(name, search["lr_grid"], search["selected"], extend_given=settings.lr_grid_extend > 0)
 
 
 def _lr_tag(rate: float) -> str:
@@ -240,6 +264,8 @@ def _rate_text(settings: Settings) -> str:
     """How the learning rates were set (rates in LoRA's units; methods scale them, see the table)."""
     scale = "each method at its own multiple (full x0.05, VeRA and random masking x10, others x1)"
     if settings.lr_grid:
-        return (f"chosen per method on validation from the grid {', '.join(f'{r:g}' for r in settings.lr_grid)} "
-                f"(seeds {settings.seeds[:settings.lr_grid_seeds]}; {scale}); every row shows its rate")
+        extended = (f", extended past an end where the best rate lay (doubling or halving, up to "
+                    f"{settings.lr_grid_extend} more rates)" if settings.lr_grid_extend else "")
+        return (f"chosen per method on validation from the grid {', '.join(f'{r:g}' for r in settings.lr_grid)}"
+                f"{extended} (seeds {settings.seeds[:settings.lr_grid_seeds]}; {scale}); every row shows its rate")
     return f"{settings.learning_rate:g}, not searched ({scale})"

@@ -3,7 +3,8 @@
 ``run.json`` in the run's folder records the settings that shape what is trained (everything
 but where it goes and how it is shown) and a fingerprint of each data split's contents.
 ``--resume`` compares them with the new command's and refuses, naming every difference;
-settings that only add runs (more seeds, methods, thresholds or ranks) may change.
+settings that only add runs (more seeds, methods, thresholds or ranks, a larger
+``--lr-grid-extend``) may change.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ RUN_FILE = "run.json"
 FREE_SETTINGS = ("out", "overwrite", "resume", "progress", "checkpoint_every")
 # Settings that only add runs to a comparison: a resumed compare may extend them.
 EXTENDING_SETTINGS = ("methods", "seeds", "thresholds", "ranks")
+# Counts that only let a comparison train more: a resumed compare may raise them. (A raised
+# --lr-grid-extend may move a search's kept rate; the runs at the old rate stay in partial/.)
+GROWING_SETTINGS = ("lr_grid_extend",)
 
 
 def run_record(command: str, settings: Settings, task: Task) -> dict[str, Any]:
@@ -54,6 +58,8 @@ def check_resumed(folder: Path, record: dict[str, Any]) -> None:
                 changes.append(f"{key}: {dropped!r} no longer given ({before!r} then, {now!r} now; a resumed run may "
                                "add to these, not drop any)")
             continue
+        if key in GROWING_SETTINGS and isinstance(now, int) and (before is None or isinstance(before, int) and now >= before):
+            continue  # absent before: a run started before the setting existed, at 0
         if before != now:
             changes.append(f"{key} ({before!r} then, {value!r} now)")
     for split, digest in record["data"].items():

@@ -23,6 +23,7 @@ from ..naming import matches
 from ..surgery import find_target_modules, trainable_parameters
 from ..ticket import Ticket, find_ticket
 from ..training import TrainingConfig, train
+from .lr_search import extension_range
 from .settings import Settings
 from .task import Task
 
@@ -61,7 +62,9 @@ def check_input(task: Task, settings: Settings, base: torch.nn.Module, *, method
                          f"({len(task.train)} training examples, batch {settings.batch_size}, {settings.epochs} "
                          "epoch(s)); raise --epochs or lower --batch-size")
     for seed in settings.seeds:
-        for rate in settings.lr_grid or [settings.learning_rate]:
+        # A search extended past the grid's ends (--lr-grid-extend) may reach these rates too.
+        reach = extension_range(settings.lr_grid, settings.lr_grid_extend) if settings.lr_grid_extend else ()
+        for rate in [*(settings.lr_grid or [settings.learning_rate]), *reach]:
             TrainingConfig(
                 learning_rate=rate, epochs=settings.epochs, weight_decay=settings.weight_decay,
                 warmup_ratio=settings.warmup_ratio, max_grad_norm=settings.max_grad_norm,

@@ -86,6 +86,7 @@ class Settings:
     learning_rate: float | None = None
     lr_grid: list[float] | None = None
     lr_grid_seeds: int = 1
+    lr_grid_extend: int = 0
     batch_size: int | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
@@ -142,6 +143,11 @@ class Settings:
         if not is_int(self.lr_grid_seeds) or not 1 <= self.lr_grid_seeds <= len(self.seeds):
             fail("lr_grid_seeds", f"how many of the first seeds ({len(self.seeds)} given) choose the rate: 1 to "
                                   f"{len(self.seeds)}")
+        if not is_int(self.lr_grid_extend) or not 0 <= self.lr_grid_extend <= MAX_GRID_EXTENSIONS:
+            fail("lr_grid_extend", f"how many rates may be added beyond an end of --lr-grid: 0 to {MAX_GRID_EXTENSIONS}")
+        if self.lr_grid_extend and (self.lr_grid is None or len(self.lr_grid) < 2):
+            fail("lr_grid_extend", "extends a --lr-grid of two or more rates; give --lr-grid (e.g. 1e-3,2e-3,5e-3,1e-2) "
+                                   "or leave --lr-grid-extend out")
         if self.thresholds is not None and not all(0 < t <= 1 for t in self.thresholds):
             fail("thresholds", "every threshold lies in (0, 1]")
         if self.ranks is not None and not all(isinstance(r, int) and r > 0 for r in self.ranks):
@@ -160,6 +166,7 @@ class Settings:
         return asdict(self)
 
 
+MAX_GRID_EXTENSIONS = 10  # each doubles (or halves) the rate: 2**10 beyond the grid is far enough
 MAX_SEED = 2**32  # numpy and accelerate seed generators take 32-bit seeds
 KIND_NAMES = {"str": "a text", "int": "a whole number", "float": "a finite number", "bool": "true or false",
               "strs": "a list of texts", "ints": "a list of whole numbers", "floats": "a list of finite numbers",
@@ -173,7 +180,8 @@ FIELD_KINDS = {
     "ticket": "str", "ticket_method": "str", "shots": "int", "threshold": "float", "threshold_mode": "str",
     "metric": "str", "method": "str", "methods": "strs", "rank": "int", "alpha": "float",
     "target_modules": "targets", "modules_to_save": "strs", "budget": "int", "seed": "int", "seeds": "ints",
-    "epochs": "int", "learning_rate": "float", "lr_grid": "floats", "lr_grid_seeds": "int", "batch_size": "int",
+    "epochs": "int", "learning_rate": "float", "lr_grid": "floats", "lr_grid_seeds": "int", "lr_grid_extend": "int",
+    "batch_size": "int",
     "weight_decay": "float", "warmup_ratio": "float", "max_grad_norm": "float", "checkpoint_every": "int",
     "thresholds": "floats", "ranks": "ints",
 }
