@@ -16,6 +16,7 @@ from typing import Any
 
 from partial_lora.statistics import MARGIN_POINTS
 
+from . import plan
 from .analysis import Evidence
 from .runs import SettingRuns
 from .sections import learning_rate_section, main_table, pareto_section
@@ -42,15 +43,19 @@ def write_document(runs: dict[str, SettingRuns], doc: Path, *, smoke: bool, invo
     evidence = {name: Evidence(r) for name, r in runs.items()}
     w = Writer(doc, evidence, runs_folder or Path("runs/study"))
     today = datetime.date.today().isoformat()
+    extend = max((r.setting.lr_grid_extend for r in runs.values()), default=0)
+    extension = (f"; a best rate at an end of the grid is followed past it, up to {extend} more rates, for every "
+                 "method alike" if extend else "")
     w.add("# Results: Partial-LoRA at small scale, on real models" + (" (SMOKE RUN: tiny slices, not results)" if smoke
                                                                       else ""), "",
           f"Written {today} by `{invocation}` from the runs `python -m studies.study` made in `{w.runs_folder}`; each "
           "section names the `partial-lora` commands behind its numbers. CPU only (2 cores). The raw rows, every "
-          "comparison and the data behind each section are in `results/study.json`.", "",
+          "comparison and the data behind each section are in `results/study.json`. Code: "
+          f"{plan.STUDY_CODE}.", "",
           "**Protocol** (the same for every table): three disjoint, seeded, stratified splits per task: train (the "
           "ticket's few shots come from it), validation (carved from the training pool) and test (scored once, at "
           "the end). Every configuration picks its learning rate from one grid per task, on validation, with seed 0 "
-          "(section 2); then seeds 0, 1, 2 train at that rate and are scored on test. Metric values are percentages "
+          f"(section 2{extension}); then seeds 0, 1, 2 train at that rate and are scored on test. Metric values are percentages "
           "of the test split, mean ± sample standard deviation over seeds. Every difference is paired: the same "
           "test examples, seeds pooled, with a 95 % bootstrap interval over the examples; a difference whose "
           f"interval spans -{MARGIN_POINTS:g} point is *inconclusive*, not a finding.", "")
