@@ -117,6 +117,8 @@ def test_an_extension_budget_that_runs_out_at_an_end_is_reported(rigged, tmp_pat
     assert search["lr_grid_added"] == [0.0005] and search["selected"] == 0.0005 and search["at_grid_end"] == "bottom"
     report = (out / "report.md").read_text()
     assert "0.0005, the lowest rate tried" in report and "raise --lr-grid-extend" in report
+    document = _results(out)
+    assert len(document["warnings"]) == 1 and document["notes"] == []  # notes: why a method was not trained
 
 
 def test_resuming_with_a_larger_extension_trains_only_the_new_rates(rigged, tmp_path):

@@ -52,7 +52,8 @@ def _compare(settings: Settings, *, command: str, title: str, verdict_for_run: b
         tickets = _Tickets(task, settings, out, thresholds)
         results: list[dict[str, Any]] = []
         searches: list[dict[str, Any]] = []
-        notes: list[str] = []
+        notes: list[str] = []  # why a method was not trained
+        warnings: list[str] = []  # searches that kept an end of the rates they tried
         for method in settings.methods:
             for rank in ranks:
                 for threshold in (thresholds if method in TICKET_METHODS else [None]):
@@ -69,7 +70,7 @@ def _compare(settings: Settings, *, command: str, title: str, verdict_for_run: b
                         searches.append(search)
                         note = _search_end_note(search, settings)
                         if note:
-                            notes.append(note)
+                            warnings.append(note)
                             say(settings, note)
         if not results:
             raise ValueError("no method could be trained: " + "; ".join(notes))
@@ -87,12 +88,13 @@ def _compare(settings: Settings, *, command: str, title: str, verdict_for_run: b
             "summary": rows, "comparisons": comparisons, "lr_search": searches,
             "settings": settings.to_dict(), "verdict": verdict,
             "histories": {f"{r['method']}-r{r['rank']}-seed{r['seed']}": r.get("history") for r in results},
-            "notes": notes,
+            "notes": notes, "warnings": warnings,
             "seconds": time.perf_counter() - started,
         }
         report.write_results(out, document)
         report.write_report(out, title=title, settings=_settings_summary(settings, task), table=table,
-                            comparisons=report.comparison_table(comparisons), verdict=verdict, plots=plots, notes=notes)
+                            comparisons=report.comparison_table(comparisons), verdict=verdict, plots=plots,
+                            notes=notes + warnings)
         out = output.commit()
         print("\n" + table + "\n")
         if comparisons:
