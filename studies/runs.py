@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from partial_lora.commands.lr_search import best_rate, open_end
 from partial_lora.methods import method_learning_rate
 from partial_lora.ticket import Ticket
 
@@ -159,6 +160,7 @@ def _read_compare_part(loaded: SettingRuns, part_folder: Path, part: str) -> Non
             context = _context(loaded, part, sub, document["settings"])
             rows = [_annotate(row, context) for row in document["results"]]
             searches = [_search_record(search, context) for search in document.get("lr_search", [])]
+            _mark_earlier_test_scores(searches, out, loaded.metric)
             if document.get("notes"):
                 loaded.notes.setdefault(part, []).extend(document["notes"])
         elif (out / "partial").is_dir():
@@ -199,9 +201,38 @@ def _search_record(search: dict[str, Any], context: dict[str, Any]) -> dict[str,
             "added": list(search.get("lr_grid_added", [])), "extend": search.get("lr_grid_extend", 0)}
 
 
+def _configuration(row: dict[str, Any]) -> tuple:
+    """``(method, rank, threshold)`` of a run, as its search names it (a threshold only for ticket methods;
+    baselines sized by the ticket record the ticket's threshold too)."""
+    return row["method"], row["rank"], row["threshold"] if row.get("uses_ticket") else None
+
+
+def _mark_earlier_test_scores(searches: list[dict[str, Any]], out: Path, metric: str) -> None:
+    """Note, per search, the rates other than the kept one whose runs were scored on test.
+
+    Only a compare resumed with a larger ``--lr-grid-extend`` whose kept rate then moved has
+    such runs (the earlier choice was scored before the search went on); they chose nothing
+    and are not reported.
+    """
+    scored: dict[tuple, set[float]] = {}
+    for file in (out / "partial").glob("*.json"):
+        row = json.loads(file.read_text())
+        if row.get(metric) is not None:
+            scored.setdefault(_configuration(row), set()).add(row["learning_rate"])
+    for search in searches:
+        rates = scored.get((search["method"], search["rank"], search["threshold"]), set())
+        search["earlier_test_rates"] = sorted(rate for rate in rates if rate != search["selected"])
+
+
 def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: list[str]
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Reported rows and searches of a compare cut short, from its ``partial/*.json``."""
+    """Reported rows and searches of a compare cut short, from its ``partial/*.json``.
+
+    Per configuration the kept rate is worked out again from the search seeds' validation
+    scores (as ``compare`` chooses it); only rows scored on test at that rate are reported. A
+    folder resumed with a larger ``--lr-grid-extend`` may also hold test scores at a rate the
+    longer search no longer keeps: they are left out.
+    """
     context = {"task": loaded.setting.dataset, "part": part, "folder": sub,
                "threshold_mode": _option(argv, "--threshold-mode", "relative"),
                "budget": int(_option(argv, "--budget")) if _option(argv, "--budget") else None}
@@ -210,35 +241,39 @@ def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: lis
     seeds = [int(s) for s in _option(argv, "--seeds", "0").split(",")]
     search_seeds = seeds[:int(_option(argv, "--lr-grid-seeds", "1"))]
     validation_key = f"validation_{loaded.metric}"
-    rows, trials = [], {}
+    scored, trials = {}, {}
     for file in sorted((out / "partial").glob("*.json")):
         row = _annotate(json.loads(file.read_text()), context)
-        key = (row["method"], row["rank"], row["threshold"])
+        key = _configuration(row)
         if row["seed"] in search_seeds:
             trials.setdefault(key, {}).setdefault(row["lr_base"], []).append(row[validation_key])
-        if row.get(loaded.metric) is not None:  # scored on test: its rate was selected on validation
-            grid = [method_learning_rate(row["method"], rate) for rate in grid_base] or [row["learning_rate"]]
-            row.update(lr_grid=grid, lr_selected_on="validation" if grid_base else "given")
-            rows.append(row)
-    searches = []
-    for (method, rank, threshold), by_rate in trials.items():
-        if not grid_base:
-            continue
-        tried = sorted({*grid_base, *by_rate})  # the grid and the rates an extension added
-        selected = {r["learning_rate"] for r in rows
-                    if (r["method"], r["rank"], r["threshold"]) == (method, rank, threshold)}
+        if row.get(loaded.metric) is not None:
+            scored.setdefault(key, []).append(row)
+    if not grid_base:  # one given rate: every row scored on test is reported
+        rows = [r for by_key in scored.values() for r in by_key]
+        for row in rows:
+            row.update(lr_grid=[row["learning_rate"]], lr_selected_on="given")
+        return rows, []
+    rows, searches = [], []
+    for key, by_rate in trials.items():
+        method, rank, threshold = key
+        means = {rate: statistics.fmean(values) for rate, values in sorted(by_rate.items())}
+        tried = sorted({*grid_base, *means})  # the grid and the rates an extension added
+        kept = best_rate(means) if set(grid_base) <= set(means) else None
+        ended = kept is not None and (not extend or open_end(means) is None or len(tried) - len(grid_base) >= extend)
+        grid = [method_learning_rate(method, rate) for rate in tried]
+        reported = [r for r in scored.get(key, []) if r["lr_base"] == kept] if ended else []
+        for row in reported:
+            row.update(lr_grid=grid, lr_selected_on="validation")
+        rows += reported
         probe = {"method": method, "rank": rank, "threshold": threshold,
                  "uses_ticket": threshold is not None, **context}
-        # Ended: every rate of the grid tried and, where the grid may be extended, a kept rate scored on test.
-        ended = set(grid_base) <= set(by_rate) and (not extend or len(selected) == 1)
         searches.append({"part": part, "folder": sub, "label": configuration_label(probe), "method": method,
-                         "rank": rank, "threshold": threshold, "grid": [method_learning_rate(method, r) for r in tried],
-                         "grid_base": tried, "seeds": search_seeds,
-                         "validation": {method_learning_rate(method, rate): statistics.fmean(v)
-                                        for rate, v in sorted(by_rate.items())},
-                         "selected": next(iter(selected)) if len(selected) == 1 else None,
-                         "selected_on": "validation", "complete": ended,
-                         "added": sorted(set(by_rate) - set(grid_base)), "extend": extend})
+                         "rank": rank, "threshold": threshold, "grid": grid, "grid_base": tried, "seeds": search_seeds,
+                         "validation": {method_learning_rate(method, rate): value for rate, value in means.items()},
+                         "selected": method_learning_rate(method, kept) if reported else None,
+                         "selected_on": "validation", "complete": bool(reported),
+                         "added": sorted(set(means) - set(grid_base)), "extend": extend})
     return rows, searches
 
 

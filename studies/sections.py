@@ -6,7 +6,7 @@ which parts are missing. Every difference is a paired interval (:mod:`studies.an
 
 from __future__ import annotations
 
-from partial_lora.commands.lr_search import grid_end
+from partial_lora.commands.lr_search import open_end
 from partial_lora.statistics import MARGIN_POINTS
 
 from . import plan, plots
@@ -79,7 +79,8 @@ def learning_rate_section(w: Writer) -> None:
           "**validation** split only; the rate with the best validation score is kept (ties: the lower rate). Where "
           "that is the grid's highest (lowest) rate, twice (half) that rate is tried too, up to "
           f"{plan.LR_GRID_EXTEND} more rates, until the best lies inside the rates tried: the same rule for every "
-          "method (`--lr-grid-extend`). The grid runs that were not kept were never scored on test. Cells: "
+          "method (`--lr-grid-extend`). The grid runs that were not kept were never scored on test (except where "
+          "noted below the table: a search extended after it had finished). Cells: "
           "validation metric (%) at each rate tried; **bold**: the selected rate.", "")
     for name, evidence, runs in w.by_setting():
         if w.missing(runs, "main"):
@@ -110,6 +111,13 @@ def learning_rate_section(w: Writer) -> None:
         extended = [s["label"] for s in searches if s.get("added")]
         if extended:
             w.add(f"{len(extended)} of {len(searches)} searches went past the grid ({', '.join(extended)}).", "")
+        moved = [s for s in searches if s.get("earlier_test_rates")]
+        if moved:
+            which = ", ".join(f"{s['label']}, from {rates(s['earlier_test_rates'])}" for s in moved)
+            w.add(f"In {len(moved)} of them the kept rate moved when the search, finished before the rule was "
+                  f"adopted, was followed past the grid ({which}): "
+                  "the runs at the earlier kept rate had already been scored on test. Those scores chose nothing (the "
+                  "move was made on validation scores) and are not reported.", "")
         main = [s for s in searches if s["part"] == "main"]
         if main:
             w.image(plots.learning_rates(main, w.images / f"{name}-lr.png", f"{name}: validation score per rate "
@@ -117,11 +125,11 @@ def learning_rate_section(w: Writer) -> None:
 
 
 def _grid_end(search: dict) -> str | None:
-    """``"top"`` or ``"bottom"`` where a finished search kept an end of the rates it tried (a better
-    rate may lie beyond it), else None."""
+    """``"top"`` or ``"bottom"`` where a finished search's one best rate is an end of the rates it
+    tried (a better rate may lie beyond it), else None."""
     if not search["complete"] or search["selected"] is None:
         return None
-    return grid_end(search["grid"], search["selected"])
+    return open_end(search["validation"])
 
 
 def _search_note(search: dict) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from partial_lora.cli import main
 from partial_lora.commands import compare as compare_module
-from partial_lora.commands.lr_search import best_rate, end_note, extension_range, grid_end, rate_beyond
+from partial_lora.commands.lr_search import best_rate, end_note, extension_range, open_end, rate_beyond
 
 TINY = ["--train-per-class", "4", "--validation-per-class", "2", "--test-per-class", "2", "--epochs", "1",
         "--max-length", "16", "--methods", "lora", "--quiet"]
@@ -25,18 +25,20 @@ def test_best_rate_keeps_the_lowest_of_equal_scores():
     assert best_rate({1e-3: 0.1, 2e-3: 0.2}) == 2e-3
 
 
-def test_ends_and_the_rates_beyond_them():
-    assert grid_end([1e-3, 2e-3, 5e-3], 5e-3) == "top"
-    assert grid_end([5e-3, 1e-3, 2e-3], 1e-3) == "bottom"
-    assert grid_end([1e-3, 2e-3, 5e-3], 2e-3) is None
-    assert grid_end([1e-3], 1e-3) is None  # one rate is no search
-    assert rate_beyond([1e-3, 1e-2], "top") == 0.02
-    assert rate_beyond([1e-3, 1e-2], "bottom") == 0.0005
+def test_a_search_is_open_only_where_its_one_best_rate_is_an_end():
+    assert open_end({1e-3: 0.5, 2e-3: 0.6, 5e-3: 0.7}) == "top"
+    assert open_end({5e-3: 0.5, 1e-3: 0.7, 2e-3: 0.6}) == "bottom"
+    assert open_end({1e-3: 0.5, 2e-3: 0.7, 5e-3: 0.6}) is None
+    assert open_end({1e-3: 0.1, 2e-3: 0.1, 5e-3: 0.1}) is None  # flat (e.g. at chance everywhere): nothing beyond
+    assert open_end({1e-3: 0.7, 2e-3: 0.7, 5e-3: 0.6}) is None  # the bottom ties with its neighbour
+    assert open_end({1e-3: 0.7}) is None  # one rate is no search
+    assert rate_beyond({1e-3: 0, 1e-2: 0}, "top") == 0.02
+    assert rate_beyond({1e-3: 0, 1e-2: 0}, "bottom") == 0.0005
     assert extension_range([1e-3, 1e-2], 2) == (0.00025, 0.04)
-    note = end_note("lora r=8", [1e-3, 1e-2], 1e-2, extend_given=False)
-    assert "highest" in note and "--lr-grid-extend" in note
-    assert end_note("lora r=8", [1e-3, 1e-2], 1e-3, extend_given=True).count("lowest") == 1
-    assert end_note("lora r=8", [1e-3, 2e-3, 1e-2], 2e-3, extend_given=False) is None
+    note = end_note("full r=8", {1e-3: 0.5, 1e-2: 0.6}, extend_given=False)
+    assert "at 0.01 (in --lr-grid's units), the highest" in note and "--lr-grid-extend N" in note
+    assert "lowest" in end_note("lora r=8", {1e-3: 0.6, 1e-2: 0.5}, extend_given=True)
+    assert end_note("lora r=8", {1e-3: 0.5, 2e-3: 0.6, 1e-2: 0.5}, extend_given=False) is None
 
 
 @pytest.fixture
@@ -116,12 +118,21 @@ def test_an_extension_budget_that_runs_out_at_an_end_is_reported(rigged, tmp_pat
     (search,) = _results(out)["lr_search"]
     assert search["lr_grid_added"] == [0.0005] and search["selected"] == 0.0005 and search["at_grid_end"] == "bottom"
     report = (out / "report.md").read_text()
-    assert "0.0005, the lowest rate tried" in report and "raise --lr-grid-extend" in report
+    assert "0.0005 (in --lr-grid's units), the lowest rate tried" in report and "raise --lr-grid-extend" in report
     document = _results(out)
     assert len(document["warnings"]) == 1 and document["notes"] == []  # notes: why a method was not trained
 
 
-def test_resuming_with_a_larger_extension_trains_only_the_new_rates(rigged, tmp_path):
+def test_a_flat_validation_score_is_not_followed_past_the_grid(rigged, tmp_path):
+    calls = rigged(lambda rate: 0.2)  # e.g. a method at chance at every rate: the lowest is kept on a tie
+    out = tmp_path / "flat"
+    assert main(["compare", *TINY, "--lr-grid", "1e-3,2e-3", "--lr-grid-extend", "2", "--out", str(out)]) == 0
+    (search,) = _results(out)["lr_search"]
+    assert search["lr_grid_added"] == [] and search["selected"] == 0.001 and search["at_grid_end"] is None
+    assert sorted({rate for rate, *_ in calls}) == [0.001, 0.002] and _results(out)["warnings"] == []
+
+
+def test_resuming_with_a_larger_extension_trains_only_the_new_rates(rigged, tmp_path, capsys):
     calls = rigged(lambda rate: rate)  # higher is always better
     out = tmp_path / "resume"
     assert main(["compare", *TINY, "--lr-grid", "1e-3,2e-3", "--out", str(out)]) == 0
@@ -134,7 +145,9 @@ def test_resuming_with_a_larger_extension_trains_only_the_new_rates(rigged, tmp_
     (row,) = _results(out)["results"]
     assert row["learning_rate"] == 0.004
     # Lowering it would drop what the larger search found: refused, naming the setting.
+    capsys.readouterr()
     assert main(["compare", *TINY, "--lr-grid", "1e-3,2e-3", "--out", str(out), "--resume"]) == 2
+    assert "lr_grid_extend: 0 is below the 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, words", [

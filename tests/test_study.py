@@ -225,15 +225,18 @@ def test_a_point_is_above_on_or_below_lora_front_interpolated_in_log_parameters(
 def test_a_rate_chosen_at_an_end_of_the_grid_is_flagged():
     from studies.sections import _search_note
 
-    def search(selected, complete=True, added=(), extend=0):
+    def search(selected, complete=True, added=(), extend=0, tie=None):
         grid = sorted([1e-3, 2e-3, 5e-3, *added])
-        return {"grid": grid, "selected": selected, "complete": complete, "added": list(added), "extend": extend}
+        validation = {rate: 0.9 if rate in (selected, tie) else 0.5 for rate in grid}
+        return {"grid": grid, "validation": validation, "selected": selected, "complete": complete,
+                "added": list(added), "extend": extend}
 
     assert _search_note(search(5e-3)) == "top of the rates tried: higher rates not tried"
     assert _search_note(search(1e-3)) == "bottom of the rates tried: lower rates not tried"
     assert _search_note(search(2e-3)) == ""
+    assert _search_note(search(1e-3, tie=2e-3)) == ""  # a best shared with a neighbour: flat, not open
     assert _search_note(search(5e-3, complete=False)) == "search incomplete"
-    assert _search_note({"grid": [1e-3], "selected": 1e-3, "complete": True}) == ""  # one rate: no search
+    assert _search_note({"grid": [1e-3], "validation": {1e-3: 0.9}, "selected": 1e-3, "complete": True}) == ""
     # Extended past the top: inside the rates tried now, or at the new top with the extensions used up.
     assert _search_note(search(1e-2, added=[1e-2, 2e-2], extend=2)) == "grid extended to 0.01, 0.02"
     assert _search_note(search(2e-2, added=[1e-2, 2e-2], extend=2)) == (

@@ -15,7 +15,7 @@ from ..methods import SIZED_BY_TICKET, TICKET_METHODS, MethodNotApplicable, meth
 from ..ticket import Ticket, plot_keep_ratios
 from . import report
 from .fingerprint import check_resumed, run_record, write_record
-from .lr_search import best_rate, end_note, grid_end, rate_beyond
+from .lr_search import best_rate, end_note, open_end, rate_beyond
 from .output import Output
 from .runs import check_input, derive_ticket, say, train_method
 from .settings import Settings, resolve
@@ -134,8 +134,8 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
 
     With ``--lr-grid`` the first ``--lr-grid-seeds`` seeds train at every rate of the grid and
     are scored on **validation** only; the rate with the best mean validation metric (ties:
-    the lower rate) is kept. If it is the highest (lowest) rate tried and ``--lr-grid-extend``
-    allows, twice (half) that rate is tried too, and so on (:mod:`.lr_search`). The kept
+    the lower rate) is kept. If it alone is best and is the highest (lowest) rate tried, and
+    ``--lr-grid-extend`` allows, twice (half) that rate is tried too, and so on (:mod:`.lr_search`). The kept
     rate's runs are then scored on test, and the other seeds train at it.
     Returns the reported rows (one per seed, scored on test) and the search record (or None).
     """
@@ -167,8 +167,8 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
         try_rate(rate)
     added: list[float] = []
     chosen = best_rate(means)
-    while len(added) < settings.lr_grid_extend and (end := grid_end(list(means), chosen)) is not None:
-        added.append(rate_beyond(list(means), end))
+    while len(added) < settings.lr_grid_extend and (end := open_end(means)) is not None:
+        added.append(rate_beyond(means, end))
         say(settings, f"[{method}] best validation {primary} at {chosen:g}, the {end} of the rates tried; "
                       f"trying {added[-1]:g}")
         try_rate(added[-1])
@@ -182,7 +182,7 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
         "lr_grid_given": list(settings.lr_grid), "lr_grid_added": added, "lr_grid_extend": settings.lr_grid_extend,
         "seeds": list(grid_seeds), "selected_on": "validation", "metric": f"validation_{primary}",
         "selected": method_learning_rate(method, chosen), "selected_base": chosen,
-        "at_grid_end": grid_end(tried, chosen),
+        "at_grid_end": open_end(means),
         "trials": [{"learning_rate": method_learning_rate(method, rate), "lr_base": rate,
                     f"validation_{primary}": means[rate],
                     "by_seed": {str(seed): row[f"validation_{primary}"] for seed, row in trials[rate].items()}}
@@ -195,7 +195,8 @@ def _search_end_note(search: dict[str, Any], settings: Settings) -> str | None:
     """The report's warning when a search kept the highest or lowest rate it tried."""
     name = " ".join([search["method"], f"r={search['rank']}"] +
                     ([f"tau={search['threshold']:g}"] if search["threshold"] is not None else []))
-    return end_note(name, search["lr_grid"], search["selected"], extend_given=settings.lr_grid_extend > 0)
+    scores = {trial["lr_base"]: trial[search["metric"]] for trial in search["trials"]}
+    return end_note(name, scores, extend_given=settings.lr_grid_extend > 0)
 
 
 def _lr_tag(rate: float) -> str:

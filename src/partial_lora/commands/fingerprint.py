@@ -58,8 +58,11 @@ def check_resumed(folder: Path, record: dict[str, Any]) -> None:
                 changes.append(f"{key}: {dropped!r} no longer given ({before!r} then, {now!r} now; a resumed run may "
                                "add to these, not drop any)")
             continue
-        if key in GROWING_SETTINGS and isinstance(now, int) and (before is None or isinstance(before, int) and now >= before):
-            continue  # absent before: a run started before the setting existed, at 0
+        if key in GROWING_SETTINGS and isinstance(now, int) and (before is None or isinstance(before, int)):
+            if before is not None and now < before:  # absent before: a run started before the setting existed, at 0
+                changes.append(f"{key}: {now!r} is below the {before!r} it was resumed or started with (it may be "
+                               f"raised, which trains more, not lowered); pass {before} or more")
+            continue
         if before != now:
             changes.append(f"{key} ({before!r} then, {value!r} now)")
     for split, digest in record["data"].items():
