@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 def test_compare_trains_every_method_on_mnist(tmp_path, capsys):
     out = tmp_path / "mnist"
     argv = ["compare", "--dataset", "mnist", "--methods", ",".join(METHODS), "--out", str(out),
-            "--train-per-class", "2", "--test-per-class", "1", "--shots", "2", "--epochs", "1",
+            "--train-per-class", "2", "--validation-per-class", "1", "--test-per-class", "1", "--shots", "2",
+            "--epochs", "1",
             "--batch-size", "5", "--quiet"]
     assert main(argv) == 0
     document = json.loads((out / "results.json").read_text())
@@ -38,8 +39,8 @@ def test_compare_runs_lora_and_partial_lora_on_the_generation_task(tmp_path, mon
     monkeypatch.setenv("PARTIAL_LORA_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "gen"
     argv = ["compare", "--dataset", "bbc-gen", "--methods", "lora,partial-lora", "--out", str(out),
-            "--train-per-class", "2", "--test-per-class", "1", "--shots", "2", "--epochs", "1",
-            "--max-length", "64", "--quiet"]
+            "--train-per-class", "2", "--validation-per-class", "1", "--test-per-class", "1", "--shots", "2",
+            "--epochs", "1", "--max-length", "64", "--quiet"]  # one validation prompt per class: each is generated
     assert main(argv) == 0
     document = json.loads((out / "results.json").read_text())
     rows = {row["method"]: row for row in document["results"]}
