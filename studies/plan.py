@@ -92,11 +92,12 @@ class Setting:
 SETTINGS = {
     "bbc": Setting("bbc", "MiniLM-L6 (all-MiniLM-L6-v2) on BBC News (5 classes, accuracy)"),
     "mnist": Setting("mnist", "EfficientNet-Lite0 on MNIST-5k (10 classes, accuracy)"),
-    # SmolLM2 costs 4-6 CPU minutes per trained model: LoRA, Partial-LoRA and EVA only, a
-    # smaller Pareto part (LoRA at ranks 2 and 4, Partial-LoRA at tau 0.8), and tickets;
+    # SmolLM2 costs 15-22 minutes per trained model (one of two single-thread processes): LoRA,
+    # Partial-LoRA and EVA only, a smaller Pareto part (LoRA at ranks 2 and 4, Partial-LoRA at
+    # tau 0.8), and tickets;
     # 24 training examples per class cap the shots at 16; imp (many scoring passes, 2 minutes
-    # each here) is left out of the ticket-method comparison. Its rates sit half a step lower
-    # (its default is 1e-3 where the others' is 2e-3).
+    # each here) is left out of the ticket-method comparison. Its grid sits half a step lower
+    # (set when `run`'s default was 1e-3 here and 2e-3 elsewhere; searches open at an end go on).
     "bbc-gen": Setting("bbc-gen", "SmolLM2-135M answering the BBC topic word (exact match)",
                        methods=("lora", "partial-lora", "lora-eva"), parts=("main", "pareto", "tickets"),
                        lr_grid=(5e-4, 1e-3, 2e-3, 5e-3), pareto_ranks=(2, 4), pareto_thresholds=(0.8,),

@@ -23,8 +23,10 @@ from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 # training pool, a small training set: the few-shot regime). Sized so the default `run`
 # (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores. The learning rates
 # of bbc and mnist are the ones the study chose on validation data (seed 0, grid 1e-3, 2e-3,
-# 5e-3, 1e-2) for LoRA and for Partial-LoRA alike (docs/RESULTS.md, section 2); bbc-gen's is
-# not chosen yet (its study part has not run). Local datasets get bbc's.
+# 5e-3, 1e-2) for LoRA and for Partial-LoRA alike (docs/RESULTS.md, section 2). bbc-gen's is
+# the rate with the best mean of LoRA's and Partial-LoRA's validation exact match in the
+# study's searches (seed 0, 60 prompts; 5e-3: LoRA 90.0, Partial-LoRA 93.3; 1e-2 cannot beat it
+# because LoRA scored 83.3 there). Local datasets get bbc's.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "bbc": dict(
         model="minilm", task="classification", target_modules=["query", "key", "value"],
@@ -39,7 +41,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "bbc-gen": dict(
         model="smollm2", task="causal-lm", target_modules=["q_proj", "k_proj", "v_proj"],
-        modules_to_save=[], metric="neg_loss", epochs=2, learning_rate=1e-3,
+        modules_to_save=[], metric="neg_loss", epochs=2, learning_rate=5e-3,
         batch_size=8, max_length=160, train_per_class=24, validation_per_class=12, test_per_class=60,
     ),
 }
