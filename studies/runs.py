@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
-from partial_lora.commands.lr_search import best_rate, open_end
+from partial_lora.commands.lr_search import best_rate, next_rate
 from partial_lora.methods import method_learning_rate
 from partial_lora.ticket import Ticket
 
@@ -260,7 +260,7 @@ def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: lis
         means = {rate: statistics.fmean(values) for rate, values in sorted(by_rate.items())}
         tried = sorted({*grid_base, *means})  # the grid and the rates an extension added
         kept = best_rate(means) if set(grid_base) <= set(means) else None
-        ended = kept is not None and (not extend or open_end(means) is None or len(tried) - len(grid_base) >= extend)
+        ended = kept is not None and next_rate(means, len(tried) - len(grid_base), extend) is None
         grid = [method_learning_rate(method, rate) for rate in tried]
         reported = [r for r in scored.get(key, []) if r["lr_base"] == kept] if ended else []
         for row in reported:

@@ -137,7 +137,7 @@ def _search_note(search: dict) -> str:
     if not search["complete"]:
         return "search incomplete"
     added = search.get("added") or []
-    extended = f"grid extended to {', '.join(rate(r) for r in added)}" if added else ""
+    extended = f"grid extended to {rates(added)}" if added else ""
     end = _grid_end(search)
     if end is None:
         return extended

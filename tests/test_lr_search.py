@@ -14,7 +14,7 @@ import pytest
 
 from partial_lora.cli import main
 from partial_lora.commands import compare as compare_module
-from partial_lora.commands.lr_search import best_rate, end_note, extension_range, open_end, rate_beyond
+from partial_lora.commands.lr_search import best_rate, end_note, extension_range, next_rate, open_end, rate_beyond
 
 TINY = ["--train-per-class", "4", "--validation-per-class", "2", "--test-per-class", "2", "--epochs", "1",
         "--max-length", "16", "--methods", "lora", "--quiet"]
@@ -35,6 +35,9 @@ def test_a_search_is_open_only_where_its_one_best_rate_is_an_end():
     assert rate_beyond({1e-3: 0, 1e-2: 0}, "top") == 0.02
     assert rate_beyond({1e-3: 0, 1e-2: 0}, "bottom") == 0.0005
     assert extension_range([1e-3, 1e-2], 2) == (0.00025, 0.04)
+    assert next_rate({1e-3: 0.5, 1e-2: 0.6}, added=0, extend=1) == 0.02
+    assert next_rate({1e-3: 0.5, 1e-2: 0.6}, added=1, extend=1) is None  # the extensions allowed are used up
+    assert next_rate({1e-3: 0.5, 2e-3: 0.7, 1e-2: 0.6}, added=0, extend=1) is None  # the best lies inside
     note = end_note("full r=8", {1e-3: 0.5, 1e-2: 0.6}, extend_given=False)
     assert "at 0.01 (in --lr-grid's units), the highest" in note and "--lr-grid-extend N" in note
     assert "lowest" in end_note("lora r=8", {1e-3: 0.6, 1e-2: 0.5}, extend_given=True)

@@ -15,7 +15,7 @@ from ..methods import SIZED_BY_TICKET, TICKET_METHODS, MethodNotApplicable, meth
 from ..ticket import Ticket, plot_keep_ratios
 from . import report
 from .fingerprint import check_resumed, run_record, write_record
-from .lr_search import best_rate, end_note, open_end, rate_beyond
+from .lr_search import best_rate, end_note, next_rate, open_end
 from .output import Output
 from .runs import check_input, derive_ticket, say, train_method
 from .settings import Settings, resolve
@@ -167,11 +167,11 @@ def _train_setting(task: Task, settings: Settings, out: Path, tickets: _Tickets,
         try_rate(rate)
     added: list[float] = []
     chosen = best_rate(means)
-    while len(added) < settings.lr_grid_extend and (end := open_end(means)) is not None:
-        added.append(rate_beyond(means, end))
-        say(settings, f"[{method}] best validation {primary} at {chosen:g}, the {end} of the rates tried; "
-                      f"trying {added[-1]:g}")
-        try_rate(added[-1])
+    while (rate := next_rate(means, len(added), settings.lr_grid_extend)) is not None:
+        added.append(rate)
+        say(settings, f"[{method}] best validation {primary} at {chosen:g}, the {open_end(means)} of the rates "
+                      f"tried; trying {rate:g}")
+        try_rate(rate)
         chosen = best_rate(means)
     tried = sorted(means)
     kept = {"lr_grid": [method_learning_rate(method, rate) for rate in tried], "lr_selected_on": "validation"}

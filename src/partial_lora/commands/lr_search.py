@@ -45,6 +45,12 @@ def rate_beyond(scores: Mapping[float, float], end: str) -> float:
     return float(f"{rate:.12g}")  # 0.01 * 2 is 0.02, not 0.020000000000000004
 
 
+def next_rate(scores: Mapping[float, float], added: int, extend: int) -> float | None:
+    """The rate a search goes on with (``added`` rates already added of the ``extend`` allowed), or None: it has ended."""
+    end = open_end(scores) if added < extend else None
+    return None if end is None else rate_beyond(scores, end)
+
+
 def extension_range(grid: list[float], extensions: int) -> tuple[float, float]:
     """The lowest and highest rate a search of ``grid`` may reach with ``extensions`` added rates."""
     return min(grid) / EXTENSION_FACTOR ** extensions, max(grid) * EXTENSION_FACTOR ** extensions

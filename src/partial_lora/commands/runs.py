@@ -61,9 +61,9 @@ def check_input(task: Task, settings: Settings, base: torch.nn.Module, *, method
         raise ValueError(f"AdaLoRA's rank allocation needs at least 2 optimizer steps; this run has {steps} "
                          f"({len(task.train)} training examples, batch {settings.batch_size}, {settings.epochs} "
                          "epoch(s)); raise --epochs or lower --batch-size")
+    # A search extended past the grid's ends (--lr-grid-extend) may reach these rates too.
+    reach = extension_range(settings.lr_grid, settings.lr_grid_extend) if settings.lr_grid_extend else ()
     for seed in settings.seeds:
-        # A search extended past the grid's ends (--lr-grid-extend) may reach these rates too.
-        reach = extension_range(settings.lr_grid, settings.lr_grid_extend) if settings.lr_grid_extend else ()
         for rate in [*(settings.lr_grid or [settings.learning_rate]), *reach]:
             TrainingConfig(
                 learning_rate=rate, epochs=settings.epochs, weight_decay=settings.weight_decay,
