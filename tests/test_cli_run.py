@@ -369,3 +369,24 @@ def test_console_script_lists_the_commands():
 def test_no_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
     assert "usage: partial-lora" in capsys.readouterr().out
+
+
+def test_validation_is_scored_after_the_last_epoch_unless_asked_for_every_epoch(tmp_path, cache_dir):
+    """By default the validation split is scored once, after the last epoch (the row's
+    ``validation_accuracy`` is that score); ``--validate-every-epoch`` scores it after every
+    epoch, and only changes what is reported, so a run may be resumed with or without it."""
+    def epochs_validated(out: Path) -> list[int]:
+        (history,) = json.loads((out / "results.json").read_text())["histories"].values()
+        assert [entry["epoch"] for entry in history] == [1, 2]
+        return [entry["epoch"] for entry in history if "eval_accuracy" in entry]
+
+    common = ["compare", "--methods", "lora", *TINY, "--epochs", "2"]
+    last_only, every = tmp_path / "last", tmp_path / "every"
+    assert main([*common, "--out", str(last_only)]) == 0
+    assert main([*common, "--out", str(every), "--validate-every-epoch"]) == 0
+    assert epochs_validated(last_only) == [2] and epochs_validated(every) == [1, 2]
+    # Same training either way: the same final validation score and test predictions.
+    (a,), (b,) = results_of(last_only), results_of(every)
+    assert a["validation_accuracy"] == b["validation_accuracy"] and a["test_correct"] == b["test_correct"]
+    assert main([*common, "--out", str(last_only), "--resume", "--validate-every-epoch"]) == 0
+    assert results_of(last_only)[0]["test_correct"] == a["test_correct"]

@@ -113,6 +113,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any] | None, str]] = {
     "warmup_ratio": (_float, "fraction of steps for linear warm-up"),
     "max_grad_norm": (_float, "gradient clipping norm"),
     "checkpoint_every": (_int, "steps between checkpoints"),
+    "validate_every_epoch": (None, "score the validation split after every epoch, not only after the last "
+                                   "(one more forward pass over it per epoch)"),
     "thresholds": (_float_list, "comma-separated thresholds to sweep, e.g. 0.7,0.8,0.9"),
     "ranks": (_int_list, "comma-separated ranks to sweep, e.g. 4,8,16"),
 }
@@ -122,7 +124,7 @@ COMMON = ["dataset", "model", "task", "text_column", "label_column", "out", "ove
 TICKET = ["ticket", "ticket_method", "shots", "threshold", "threshold_mode", "metric"]
 ADAPTER = ["rank", "alpha", "target_modules", "modules_to_save", "budget"]
 SCHEDULE = ["epochs", "learning_rate", "batch_size", "weight_decay", "warmup_ratio", "max_grad_norm",
-            "checkpoint_every", "resume"]
+            "checkpoint_every", "validate_every_epoch", "resume"]
 COMMANDS: dict[str, tuple[str, list[str]]] = {
     "run": ("derive a ticket, train Partial-LoRA and LoRA side by side, write results and a report",
             COMMON + TICKET + ADAPTER + SCHEDULE + ["methods", "seeds", "lr_grid", "lr_grid_seeds",

@@ -19,7 +19,7 @@ from .task import SPLITS, Task
 
 RUN_FILE = "run.json"
 # Settings that neither shape a trained model nor its data: they may differ on --resume.
-FREE_SETTINGS = ("out", "overwrite", "resume", "progress", "checkpoint_every")
+FREE_SETTINGS = ("out", "overwrite", "resume", "progress", "checkpoint_every", "validate_every_epoch")
 # Settings that only add runs to a comparison: a resumed compare may extend them.
 EXTENDING_SETTINGS = ("methods", "seeds", "thresholds", "ranks")
 # Counts that only let a comparison train more: a resumed compare may raise them. (A raised

@@ -136,8 +136,8 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
                  finished: dict[str, Any] | None = None, notes: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one method with one seed at one learning rate; save its adapter; return its result row.
 
-    Training reports the **validation** metrics after every epoch (``validation_<metric>`` in
-    the row is the last epoch's). With ``score_test`` the trained model is then scored once on
+    Training scores the **validation** split after the last epoch (``validation_<metric>`` in
+    the row), and after every epoch with ``settings.validate_every_epoch`` (in ``history``). With ``score_test`` the trained model is then scored once on
     the test split (``<metric>``, ``test_examples`` and ``test_correct``: one 0/1 character per
     test example, for paired comparisons); without it the test split is not touched, as for
     the learning rates a grid search does not keep.
@@ -178,7 +178,7 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
         learning_rate=method_learning_rate(method, learning_rate), epochs=settings.epochs,
         weight_decay=settings.weight_decay, warmup_ratio=settings.warmup_ratio,
         max_grad_norm=settings.max_grad_norm, checkpoint_every=settings.checkpoint_every, seed=seed,
-        output_dir=str(checkpoints), progress=settings.progress,
+        output_dir=str(checkpoints), progress=settings.progress, eval_every_epoch=settings.validate_every_epoch,
     )
     if finished is None:
         say(settings, f"[{label}] training at lr {config.learning_rate:g}: {trainable_parameters(model):,} "

@@ -21,7 +21,7 @@ from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 # Per packaged dataset: model, task kind, target layers, saved head, schedule and split sizes
 # (per class: test as large as the data allow at a sane cost, validation carved from the
 # training pool, a small training set: the few-shot regime). Sized so the default `run`
-# (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores. The learning rates
+# (ticket + LoRA + Partial-LoRA) finishes within 10 minutes on 2 CPU cores (bbc: 9 min 16 s, BENCHMARKS.md). The learning rates
 # of bbc and mnist are the ones the study chose on validation data (seed 0, grid 1e-3, 2e-3,
 # 5e-3, 1e-2) for LoRA and for Partial-LoRA alike (docs/RESULTS.md, section 2). bbc-gen's is
 # the rate with the best mean of LoRA's and Partial-LoRA's validation exact match in the
@@ -94,6 +94,7 @@ class Settings:
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
+    validate_every_epoch: bool = False  # False: the validation split is scored after the last epoch only
     # sweeps (compare)
     thresholds: list[float] | None = None
     ranks: list[int] | None = None
@@ -185,7 +186,7 @@ FIELD_KINDS = {
     "epochs": "int", "learning_rate": "float", "lr_grid": "floats", "lr_grid_seeds": "int", "lr_grid_extend": "int",
     "batch_size": "int",
     "weight_decay": "float", "warmup_ratio": "float", "max_grad_norm": "float", "checkpoint_every": "int",
-    "thresholds": "floats", "ranks": "ints",
+    "validate_every_epoch": "bool", "thresholds": "floats", "ranks": "ints",
 }
 OPTIONAL_FIELDS = {"model", "task", "train_per_class", "validation_per_class", "test_per_class", "max_length",
                    "ticket", "metric", "alpha", "target_modules", "modules_to_save", "budget", "epochs",
