@@ -137,10 +137,11 @@ def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank
     """Train one method with one seed at one learning rate; save its adapter; return its result row.
 
     Training scores the **validation** split after the last epoch (``validation_<metric>`` in
-    the row), and after every epoch with ``settings.validate_every_epoch`` (in ``history``). With ``score_test`` the trained model is then scored once on
-    the test split (``<metric>``, ``test_examples`` and ``test_correct``: one 0/1 character per
-    test example, for paired comparisons); without it the test split is not touched, as for
-    the learning rates a grid search does not keep.
+    the row), and after every epoch too with ``settings.validate_every_epoch`` (in ``history``).
+    With ``score_test`` the trained model is then scored once on the test split (``<metric>``,
+    ``test_examples`` and ``test_correct``: one 0/1 character per test example, for paired
+    comparisons); without it the test split is not touched, as for the learning rates a grid
+    search does not keep.
 
     Args:
         learning_rate: the rate in LoRA's units; the method trains at

@@ -6,8 +6,9 @@ method and training seed, so seeds measure training variance only; a ``datasets`
 own validation / test splits are used as given), the few-shot set for the ticket (from the
 training split only), and functions that make batches and score a model.
 
-Validation is what training reports every epoch and what every choice (a learning rate)
-is made on; test is scored once per trained model, at the end, by :meth:`Task.score`.
+Validation is what training reports (after the last epoch, or after every epoch) and what
+every choice (a learning rate) is made on; test is scored once per trained model, at the end,
+by :meth:`Task.score`.
 """
 
 from __future__ import annotations
