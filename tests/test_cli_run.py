@@ -387,6 +387,12 @@ def test_validation_is_scored_after_the_last_epoch_unless_asked_for_every_epoch(
     assert epochs_validated(last_only) == [2] and epochs_validated(every) == [1, 2]
     # Same training either way: the same final validation score and test predictions.
     (a,), (b,) = results_of(last_only), results_of(every)
+    assert a["validation_accuracy"] is not None and a["test_correct"]
     assert a["validation_accuracy"] == b["validation_accuracy"] and a["test_correct"] == b["test_correct"]
     assert main([*common, "--out", str(last_only), "--resume", "--validate-every-epoch"]) == 0
-    assert results_of(last_only)[0]["test_correct"] == a["test_correct"]
+    assert results_of(last_only)[0]["test_correct"] == a["test_correct"] and epochs_validated(last_only) == [2]
+    # `train` keeps its history too, so the flag is not lost on it.
+    trained = tmp_path / "train"
+    assert main(["train", "--method", "lora", *TINY, "--epochs", "2", "--out", str(trained),
+                 "--validate-every-epoch"]) == 0
+    assert epochs_validated(trained) == [1, 2]

@@ -56,6 +56,7 @@ def train_command(settings: Settings, args: Any) -> int:
                            ticket=ticket, out=out, label=settings.method, learning_rate=settings.learning_rate,
                            score_test=True)
         report.write_results(out, {"results": [{k: v for k, v in row.items() if k != "history"}],
+                                   "histories": {settings.method: row.get("history")},
                                    "settings": settings.to_dict()})
         output.commit()
         print(json.dumps({k: v for k, v in row.items() if k not in ("history", "test_correct")}, indent=2, default=str))
