@@ -21,13 +21,14 @@ from ..ticket.ticket import METHODS as TICKET_EXTRACTION_METHODS
 # Per packaged dataset: model, task kind, target layers, saved head, schedule and split sizes
 # (per class: test as large as the data allow at a sane cost, validation carved from the
 # training pool, a small training set: the few-shot regime). bbc, the default `run` (ticket +
-# LoRA + Partial-LoRA), finishes within 10 minutes on 2 CPU cores (9 min 16 s) and mnist in 2 min
-# 30 s; bbc-gen (SmolLM2, 300 generated test answers), by an estimate, well over 10 (BENCHMARKS.md).
-# The learning rates of bbc and mnist are the ones the study chose on validation data (seed 0, grid 1e-3, 2e-3,
-# 5e-3, 1e-2) for LoRA and for Partial-LoRA alike (docs/RESULTS.md, section 2). bbc-gen's is
-# the rate with the best mean of LoRA's and Partial-LoRA's validation exact match in the
-# study's searches (seed 0, 60 prompts; 5e-3: LoRA 90.0, Partial-LoRA 93.3; both searches went
-# on to 1e-2 and scored lower there: 83.3 and 85.0). Local datasets get bbc's.
+# LoRA + Partial-LoRA), finishes within 10 minutes on 2 CPU cores (9 min 16 s) and mnist in
+# 2 min 30 s; bbc-gen (SmolLM2, 300 generated test answers), by an estimate, takes well over 10
+# (BENCHMARKS.md). The learning rates of bbc and mnist are the ones the study chose on
+# validation data (seed 0, grid 1e-3, 2e-3, 5e-3, 1e-2) for LoRA and for Partial-LoRA alike
+# (docs/RESULTS.md, section 2). bbc-gen's is the rate with the best mean of LoRA's and
+# Partial-LoRA's validation exact match in the study's searches (seed 0, 60 prompts; 5e-3:
+# LoRA 90.0, Partial-LoRA 93.3; both searches went on to 1e-2 and scored lower there: 83.3 and
+# 85.0). Local datasets get bbc's.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "bbc": dict(
         model="minilm", task="classification", target_modules=["query", "key", "value"],
