@@ -34,7 +34,7 @@ MAIN_METHODS = ("lora", "partial-lora", "lora-eva", "random-masking", "targeted"
 # The code the study's runs were made with: kept fixed while the study runs, so that its numbers stay
 # comparable (later changes to src/ would move them).
 STUDY_CODE = ("partial-lora at commit 3d57ac3 with docs/results/study-code.patch applied (this plan, and "
-              "--lr-grid-extend backported)")
+              "--lr-grid-extend and resumed comparisons reading their saved tickets backported)")
 PARTS = ("main", "pareto", "matched", "thresholds", "ranks", "tickets")
 SEEDS = (0, 1, 2)
 LR_GRID = (1e-3, 2e-3, 5e-3, 1e-2)  # in LoRA's units; methods scale it (full x0.05, VeRA/random masking x10)

@@ -148,6 +148,74 @@ def test_resume_continues_an_interrupted_run(finished_run, tmp_path):
         assert torch.equal(again[name], tensor), name
 
 
+def _interrupted_before_partial_lora(finished_run: Path, out: Path) -> list[dict]:
+    """A copy of the finished run as if stopped after LoRA: Partial-LoRA (which needs the ticket) is to train."""
+    shutil.copytree(finished_run, out)
+    before = results_of(out)
+    for name in ("results.json", "report.md"):
+        (out / name).unlink()
+    (out / "partial" / "partial-lora-seed0.json").unlink()
+    shutil.rmtree(out / "adapters" / "partial-lora-seed0")
+    return before
+
+
+def _counting_find_ticket(monkeypatch) -> list[int]:
+    from partial_lora.commands import runs
+
+    calls, real = [], runs.find_ticket
+    monkeypatch.setattr(runs, "find_ticket", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_resume_reads_the_saved_ticket_instead_of_deriving_it_again(finished_run, tmp_path, monkeypatch):
+    """Deriving is deterministic, so the interrupted run's ticket is the ticket: --resume reads it
+    (a SmolLM2 ticket costs about 13 minutes a seed here) and trains to the same result."""
+    out = tmp_path / "interrupted"
+    before = _interrupted_before_partial_lora(finished_run, out)
+    calls = _counting_find_ticket(monkeypatch)
+    assert main(["run", "--out", str(out), "--resume", *TINY]) == 0
+    assert calls == []
+    after = results_of(out)
+    assert after[1]["accuracy"] == before[1]["accuracy"]
+    assert after[1]["test_correct"] == before[1]["test_correct"]
+    assert (out / "ticket.json").read_bytes() == (finished_run / "ticket.json").read_bytes()
+
+
+def test_train_resume_reads_its_saved_ticket_too(trained, tmp_path, monkeypatch):
+    folder, _ = trained
+    out = tmp_path / "t"
+    shutil.copytree(folder, out)
+    (out / "results.json").unlink()
+    calls = _counting_find_ticket(monkeypatch)
+    assert main(["train", "--out", str(out), "--method", "partial-lora", "--target-modules", "query,value",
+                 *TINY, "--resume"]) == 0
+    assert calls == []
+    assert results_of(out) == results_of(folder)
+
+
+@pytest.mark.parametrize("spoil", ["damaged", "another seed", "scores missing"])
+def test_resume_derives_again_a_saved_ticket_that_is_damaged_or_was_made_otherwise(
+        spoil, finished_run, tmp_path, monkeypatch):
+    out = tmp_path / "interrupted"
+    before = _interrupted_before_partial_lora(finished_run, out)
+    saved = out / "ticket.json"
+    if spoil == "damaged":
+        saved.write_text('{"format": ')
+    elif spoil == "another seed":
+        document = json.loads(saved.read_text())
+        document["provenance"]["seed"] = 7
+        saved.write_text(json.dumps(document))
+    else:
+        (out / "ticket.scores.safetensors").unlink()
+    calls = _counting_find_ticket(monkeypatch)
+    assert main(["run", "--out", str(out), "--resume", *TINY]) == 0
+    assert calls == [1]
+    assert results_of(out)[1]["test_correct"] == before[1]["test_correct"]
+    from partial_lora import Ticket
+
+    assert Ticket.load(saved).fingerprint() == Ticket.load(finished_run / "ticket.json").fingerprint()
+
+
 def test_the_same_command_twice_gives_the_same_ticket_masks_and_metrics(finished_run, tmp_path, cache_dir):
     """Second run through the installed console script, in a new process and a new folder."""
     script = Path(sys.executable).with_name("partial-lora")

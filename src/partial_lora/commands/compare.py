@@ -117,10 +117,13 @@ class _Tickets:
             return None
         key = (seed, threshold)
         if key not in self.derived:
-            ticket = derive_ticket(self.task, self.settings, seed=seed, threshold=threshold)
-            first = not self.derived
+            # The first ticket is ticket.json, the others under tickets/; the order is the command's own,
+            # so --resume finds each where the interrupted run saved it.
+            path = self.out / ("ticket.json" if not self.derived else f"tickets/ticket-seed{seed}-tau{threshold:g}.json")
+            ticket = derive_ticket(self.task, self.settings, seed=seed, threshold=threshold,
+                                   saved=path if self.settings.resume else None)
             self.derived[key] = ticket
-            ticket.save(self.out / ("ticket.json" if first else f"tickets/ticket-seed{seed}-tau{threshold:g}.json"))
+            ticket.save(path)
         return self.derived[key]
 
     def first(self) -> Ticket:

@@ -49,7 +49,8 @@ def train_command(settings: Settings, args: Any) -> int:
         if settings.resume:
             check_resumed(out, record)
         write_record(out, record)
-        ticket = derive_ticket(task, settings, seed=settings.seed) if needs_ticket else None
+        ticket = derive_ticket(task, settings, seed=settings.seed,
+                               saved=out / "ticket.json" if settings.resume else None) if needs_ticket else None
         if ticket is not None:
             ticket.save(out / "ticket.json")
         row = train_method(task, settings, method=settings.method, seed=settings.seed, rank=settings.rank,
