@@ -117,6 +117,7 @@ class Evidence:
         self.comparisons: list[dict[str, Any]] = []
         self.problems: list[str] = []
         self._compared: dict[tuple, dict[str, Any] | None] = {}
+        self._positions: dict[tuple, dict[str, Any] | None] = {}
         self._intervals: dict[tuple, tuple[float, float, float] | None] = {}
 
     def find(self, part: str, method: str, *, rank: int | None = None, threshold: float | None = None,
@@ -187,7 +188,16 @@ class Evidence:
         return front
 
     def position(self, group: Group) -> dict[str, Any] | None:
-        """Where ``group`` lies against LoRA's front (see the module docstring), or None without a front."""
+        """Where ``group`` lies against LoRA's front (see the module docstring), or None without a front.
+
+        Cached, like :meth:`compare`: several sections state the same position, and ``comparisons``
+        records it once.
+        """
+        if group.key not in self._positions:
+            self._positions[group.key] = self._position(group)
+        return self._positions[group.key]
+
+    def _position(self, group: Group) -> dict[str, Any] | None:
         front = self.front()
         if not front or not group.vectors():
             return None

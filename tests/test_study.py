@@ -129,6 +129,8 @@ def test_study_json_has_rows_comparisons_and_every_method(smoke):
     versus_lora = [c for c in data["comparisons"] if c["vs"] == "lora" and c["kind"] == "paired"]
     labels = {r["label"] for r in data["rows"]} - {"lora r=8"}
     assert labels <= {c["label"] for c in versus_lora if c["vs_label"] == "lora r=8"}
+    stated = [(c["part"], c["folder"], c["label"], c["kind"], c["vs_label"]) for c in data["comparisons"]]
+    assert len(stated) == len(set(stated))  # each difference once, however many sections state it
     for comparison in data["comparisons"]:
         for name in COMPARISON_FIELDS:
             assert name in comparison, name
