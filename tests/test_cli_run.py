@@ -181,6 +181,25 @@ def test_resume_reads_the_saved_ticket_instead_of_deriving_it_again(finished_run
     assert (out / "ticket.json").read_bytes() == (finished_run / "ticket.json").read_bytes()
 
 
+def test_compare_resume_reads_every_ticket_of_its_seeds_and_thresholds(tmp_path, cache_dir, monkeypatch):
+    """Four tickets (seeds 0, 1 x thresholds 0.8, 0.9): ticket.json and three under tickets/;
+    a resume that still has one model to train reads all four back, each from its own file."""
+    out = tmp_path / "sweep"
+    argv = ["compare", "--methods", "partial-lora", "--thresholds", "0.8,0.9", "--seeds", "0,1", "--out", str(out),
+            *TINY]
+    assert main(argv) == 0
+    tickets = {p.relative_to(out): p.read_bytes() for p in [out / "ticket.json", *(out / "tickets").glob("*.json")]}
+    assert len(tickets) == 4
+    before = results_of(out)
+    (out / "partial" / "partial-lora-tau0.9-seed1.json").unlink()
+    (out / "results.json").unlink()
+    calls = _counting_find_ticket(monkeypatch)
+    assert main([*argv, "--resume"]) == 0
+    assert calls == []
+    assert [r["test_correct"] for r in results_of(out)] == [r["test_correct"] for r in before]
+    assert {name: (out / name).read_bytes() for name in tickets} == tickets
+
+
 def test_train_resume_reads_its_saved_ticket_too(trained, tmp_path, monkeypatch):
     folder, _ = trained
     out = tmp_path / "t"
@@ -193,7 +212,7 @@ def test_train_resume_reads_its_saved_ticket_too(trained, tmp_path, monkeypatch)
     assert results_of(out) == results_of(folder)
 
 
-@pytest.mark.parametrize("spoil", ["damaged", "another seed", "scores missing"])
+@pytest.mark.parametrize("spoil", ["damaged", "another seed", "another metric", "scores missing"])
 def test_resume_derives_again_a_saved_ticket_that_is_damaged_or_was_made_otherwise(
         spoil, finished_run, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
@@ -201,9 +220,9 @@ def test_resume_derives_again_a_saved_ticket_that_is_damaged_or_was_made_otherwi
     saved = out / "ticket.json"
     if spoil == "damaged":
         saved.write_text('{"format": ')
-    elif spoil == "another seed":
+    elif spoil in ("another seed", "another metric"):
         document = json.loads(saved.read_text())
-        document["provenance"]["seed"] = 7
+        document["provenance"].update({"seed": 7} if spoil == "another seed" else {"metric": "macro_f1"})
         saved.write_text(json.dumps(document))
     else:
         (out / "ticket.scores.safetensors").unlink()

@@ -21,7 +21,8 @@ from ..statistics import correctness_text
 from ..layer import base_shape
 from ..naming import matches
 from ..surgery import find_target_modules, trainable_parameters
-from ..ticket import Ticket, TicketFileError, find_ticket
+from ..ticket import Ticket, find_ticket
+from ..ticket.metrics import get_metric
 from ..training import TrainingConfig, train
 from .lr_search import extension_range
 from .settings import Settings
@@ -129,8 +130,9 @@ def derive_ticket(task: Task, settings: Settings, *, seed: int, threshold: float
         return Ticket.load(settings.ticket)
     threshold = threshold or settings.threshold
     shots = task.shots(seed)
+    metric = ticket_metric(task, settings)
     made_as = {"method": settings.ticket_method, "threshold": threshold, "threshold_mode": settings.threshold_mode,
-               "model_name": settings.model, "seed": seed, "shots": settings.shots,
+               "metric": get_metric(metric).name, "model_name": settings.model, "seed": seed, "shots": settings.shots,
                "data_fingerprint": shots.fingerprint(), "target_modules": _as_list(settings.target_modules)}
     if saved is not None and (ticket := _saved_ticket(saved, made_as, settings)) is not None:
         return ticket
@@ -140,18 +142,23 @@ def derive_ticket(task: Task, settings: Settings, *, seed: int, threshold: float
         model, batches, target_modules=settings.target_modules, method=settings.ticket_method,
         threshold=threshold, threshold_mode=settings.threshold_mode,
         ratio=threshold if settings.ticket_method == "uniform" else None,
-        metric=ticket_metric(task, settings), seed=seed, progress=settings.progress,
+        metric=metric, seed=seed, progress=settings.progress,
         model_name=settings.model, data_fingerprint=made_as["data_fingerprint"], shots=settings.shots,
     )
 
 
 def _saved_ticket(path: Path, made_as: dict[str, Any], settings: Settings) -> Ticket | None:
-    """The ticket at ``path`` if it is intact and its provenance has every value of ``made_as``."""
+    """The ticket at ``path`` if it is intact and its provenance has every value of ``made_as``.
+
+    What the provenance does not record (``--max-length``, the head, the split counts) cannot
+    differ: ``--resume`` has already refused other settings or data (``check_resumed``), as it
+    does for the finished rows it reuses.
+    """
     if not path.is_file():
         return None
     try:
         ticket = Ticket.load(path)
-    except (OSError, TicketFileError) as err:
+    except (OSError, ValueError) as err:  # TicketFileError is a ValueError; so are odd documents it misses
         say(settings, f"[ticket] {path.name} cannot be reused ({err}); deriving it again")
         return None
     differing = sorted(key for key, value in made_as.items() if getattr(ticket.provenance, key) != value)
