@@ -126,16 +126,22 @@ def test_resume_after_a_finished_run_reuses_its_results(finished_run, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (out / "adapters").rglob("*.safetensors")} == adapters
 
 
-def test_resume_continues_an_interrupted_run(finished_run, tmp_path):
-    """A run stopped after LoRA finished: --resume keeps LoRA's result and finishes Partial-LoRA."""
-    out = tmp_path / "interrupted"
+def _interrupted_before_partial_lora(finished_run: Path, out: Path) -> list[dict]:
+    """A copy of the finished run as if stopped after LoRA: Partial-LoRA (which needs the ticket) is to train."""
     shutil.copytree(finished_run, out)
-    expected = adapter_tensors(out / "adapters" / "partial-lora-seed0")
     before = results_of(out)
     for name in ("results.json", "report.md"):
         (out / name).unlink()
     (out / "partial" / "partial-lora-seed0.json").unlink()
     shutil.rmtree(out / "adapters" / "partial-lora-seed0")
+    return before
+
+
+def test_resume_continues_an_interrupted_run(finished_run, tmp_path):
+    """A run stopped after LoRA finished: --resume keeps LoRA's result and finishes Partial-LoRA."""
+    out = tmp_path / "interrupted"
+    expected = adapter_tensors(finished_run / "adapters" / "partial-lora-seed0")
+    before = _interrupted_before_partial_lora(finished_run, out)
     assert main(["run", "--out", str(out), "--resume", *TINY]) == 0
     after = results_of(out)
     assert after[0] == before[0]  # LoRA's row reused as it was
@@ -146,17 +152,6 @@ def test_resume_continues_an_interrupted_run(finished_run, tmp_path):
     assert again.keys() == expected.keys()
     for name, tensor in expected.items():
         assert torch.equal(again[name], tensor), name
-
-
-def _interrupted_before_partial_lora(finished_run: Path, out: Path) -> list[dict]:
-    """A copy of the finished run as if stopped after LoRA: Partial-LoRA (which needs the ticket) is to train."""
-    shutil.copytree(finished_run, out)
-    before = results_of(out)
-    for name in ("results.json", "report.md"):
-        (out / name).unlink()
-    (out / "partial" / "partial-lora-seed0.json").unlink()
-    shutil.rmtree(out / "adapters" / "partial-lora-seed0")
-    return before
 
 
 def _counting_find_ticket(monkeypatch) -> list[int]:

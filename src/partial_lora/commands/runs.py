@@ -122,8 +122,8 @@ def derive_ticket(task: Task, settings: Settings, *, seed: int, threshold: float
 
     ``saved``: where an earlier, interrupted run of the same command saved this ticket
     (``--resume``). Deriving is deterministic, so a saved ticket that is intact and was made
-    the same way (method, threshold, seed, model, targets, the few-shot examples' fingerprint)
-    is the same ticket; it is read instead of derived again, which saves the ticket's cost
+    the same way (method, threshold and its mode, metric, seed, model, shots, targets, the
+    few-shot examples' fingerprint) is the same ticket; it is read instead of derived again, which saves the ticket's cost
     (about 13 minutes a seed for SmolLM2 on 2 cores). Anything else there is derived again.
     """
     if settings.ticket:
