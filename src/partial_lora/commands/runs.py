@@ -23,6 +23,7 @@ from ..naming import matches
 from ..surgery import find_target_modules, trainable_parameters
 from ..ticket import Ticket, find_ticket
 from ..ticket.metrics import get_metric
+from ..ticket.ticket import recorded_targets
 from ..training import TrainingConfig, train
 from .lr_search import extension_range
 from .settings import Settings
@@ -133,7 +134,7 @@ def derive_ticket(task: Task, settings: Settings, *, seed: int, threshold: float
     metric = ticket_metric(task, settings)
     made_as = {"method": settings.ticket_method, "threshold": threshold, "threshold_mode": settings.threshold_mode,
                "metric": get_metric(metric).name, "model_name": settings.model, "seed": seed, "shots": settings.shots,
-               "data_fingerprint": shots.fingerprint(), "target_modules": _as_list(settings.target_modules)}
+               "data_fingerprint": shots.fingerprint(), "target_modules": recorded_targets(settings.target_modules)}
     if saved is not None and (ticket := _saved_ticket(saved, made_as, settings)) is not None:
         return ticket
     model = task.new_model()
@@ -167,11 +168,6 @@ def _saved_ticket(path: Path, made_as: dict[str, Any], settings: Settings) -> Ti
         return None
     say(settings, f"[ticket] reusing {path.name} (seed {made_as['seed']}, threshold {made_as['threshold']:g})")
     return ticket
-
-
-def _as_list(target_modules: Any) -> Any:
-    """``target_modules`` as a ticket's provenance records it (a list, or the one string)."""
-    return target_modules if isinstance(target_modules, str) else list(target_modules)
 
 
 def train_method(task: Task, settings: Settings, *, method: str, seed: int, rank: int, ticket: Ticket | None,

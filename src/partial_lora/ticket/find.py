@@ -21,7 +21,7 @@ from .recording import InputRecorder
 from .scoring import Scorer, prepare_scoring
 from .snip import snip_layers
 from .svd_search import joint_search, layer_entries, layerwise_search, spectra_of
-from .ticket import LayerTicket, Provenance, Ticket, equivalent_k
+from .ticket import LayerTicket, Provenance, Ticket, equivalent_k, recorded_targets
 
 
 def find_ticket(
@@ -98,7 +98,7 @@ def find_ticket(
     provenance = Provenance(
         method=options.method, threshold=options.threshold, threshold_mode=options.threshold_mode,
         metric=options.metric.name, model_name=model_name or model_name_or_path(model) or type(model).__name__, seed=options.seed,
-        target_modules=target_modules if isinstance(target_modules, str) else list(target_modules),
+        target_modules=recorded_targets(target_modules),
     )
     if options.method == "uniform":
         provenance.threshold = options.ratio

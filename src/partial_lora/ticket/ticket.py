@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -82,6 +82,12 @@ def _check_scores(name: str, scores: Any, size: int) -> torch.Tensor | None:
     if not torch.isfinite(scores).all() or (scores < 0).any():
         invalid(name, "tensor with negative or non-finite entries", "scores must be finite and >= 0")
     return scores
+
+
+def recorded_targets(target_modules: Sequence[str] | str) -> list[str] | str:
+    """``target_modules`` as :attr:`Provenance.target_modules` records it: the one string (a
+    regular expression or ``"all-linear"``) as given, name suffixes as a list."""
+    return target_modules if isinstance(target_modules, str) else list(target_modules)
 
 
 @dataclass
