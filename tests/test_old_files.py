@@ -32,9 +32,12 @@ def test_an_old_adapter_loads_to_the_same_logits():
 
 
 def test_an_old_checkpoint_resumes_to_the_same_final_adapter(tmp_path, one_thread):
-    """Bit-identical to the uninterrupted run of then (both written with one thread).
+    """The uninterrupted run of then, to float32 rounding (both written with one thread).
 
     The run used 0.1's parametrisation (no keep compensation): the model is built the same way.
+    Bit-identity holds on one machine (tests/test_training.py checks it) but not across CPUs:
+    their float32 kernels round differently, seen as up to 6e-8 here on another CPU. 1e-6 is
+    far below what a wrong resume moves (one optimiser step of that run moves the largest weight by 1e-3 to 6e-3).
     """
     run = tmp_path / "run"
     shutil.copytree(DATA / "run", run)
@@ -48,7 +51,7 @@ def test_an_old_checkpoint_resumes_to_the_same_final_adapter(tmp_path, one_threa
     final = {n: p.detach().double() for n, p in model.named_parameters() if p.requires_grad}
     assert sorted(final) == sorted(EXPECTED["final_trainable"])
     for name, values in EXPECTED["final_trainable"].items():
-        assert torch.equal(final[name], torch.tensor(values, dtype=torch.float64)), name
+        assert torch.allclose(final[name], torch.tensor(values, dtype=torch.float64), atol=1e-6, rtol=0), name
 
 
 def test_an_old_ticket_loads_with_its_ratios_and_scores():
