@@ -27,21 +27,25 @@ DEFAULT_RAW = Path("docs/results/raw")
 SMALL_FILES = ("results.json", "command.txt", "run.json", "base_norms.json", "report.md")
 KEPT_ADAPTERS = ("lora", "partial-lora")  # what the per-layer update section reads
 MAX_FILE_BYTES = 2_000_000
+MAX_ADAPTER_BYTES = 4_000_000  # SmolLM2's LoRA r=8 weighs 2.6 MB; the per-layer section needs it
 
 
 def small_files(runs: Path) -> Iterator[Path]:
     """The files under ``runs`` worth keeping (paths relative to ``runs``)."""
     for path in sorted(runs.rglob("*")):
-        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+        if not path.is_file():
             continue
         relative = path.relative_to(runs)
         parts = relative.parts
+        size = path.stat().st_size
         if "checkpoints" in parts or path.name.startswith(".") or path.name.endswith(".tmp"):
             continue
         if path.name in SMALL_FILES or path.parent.name == "partial" or path.name.startswith("ticket"):
-            yield relative
+            if size <= MAX_FILE_BYTES:
+                yield relative
         elif "adapters" in parts and len(parts) > 1 and parts[1] == "main" and _kept_adapter(runs, relative):
-            yield relative
+            if size <= MAX_ADAPTER_BYTES:
+                yield relative
 
 
 def _kept_adapter(runs: Path, relative: Path) -> bool:
