@@ -32,8 +32,13 @@ def selection_section(w: Writer) -> None:
             continue
         partial = _partial(evidence)
         groups = [g for g in [partial, *(evidence.find("main", m) for m in planned)] if g is not None]
-        w.add(*comparison_table(evidence, groups, partial, "partial-lora", extra=("lora",)), "")
+        untrained = [m for m in planned if evidence.find("main", m) is None]
+        if untrained:
+            w.add(f"*Not trained yet: {', '.join(untrained)} (planned in the main part).*", "")
         others = [g for g in groups if g is not partial]
+        if not others:
+            continue
+        w.add(*comparison_table(evidence, groups, partial, "partial-lora", extra=("lora",)), "")
         w.image(plots.differences([evidence.compare(g, partial) for g in others], [g.label for g in others],
                                   w.images / f"{name}-selection.png", f"{name}: selection vs random",
                                   "partial-lora"), f"{name} selection")
@@ -56,6 +61,9 @@ def uniform_section(w: Writer) -> None:
                 partner = evidence.find(g.part, "partial-lora", threshold=g.threshold, mode=g.threshold_mode,
                                         folder=g.folder, rank=g.rank)
                 pairs.append((partner, g))
+        if not pairs:
+            w.add("*Not trained yet: uniform (planned in the main part).*", "")
+            continue
         pairs.sort(key=lambda pair: -(pair[1].threshold or 0))
         groups = [g for pair in pairs for g in pair if g is not None]
         partner_of = {u.key: p for p, u in pairs if p is not None}
