@@ -41,9 +41,10 @@ def main_table(w: Writer) -> None:
                                 else "lora", extra=("grid", "memory")), "")
         trained = {g.method for g in groups}
         untrained = [m for m in runs.setting.methods if m not in trained]
-        if untrained:
-            w.add(f"Not trained: {', '.join(untrained)}" + (f" ({'; '.join(runs.notes['main'])})"
-                                                           if runs.notes.get("main") else "") + ".", "")
+        if untrained and runs.notes.get("main"):
+            w.add(f"Not trained: {', '.join(untrained)} ({'; '.join(runs.notes['main'])}).", "")
+        elif untrained:
+            w.add(f"*Not trained yet: {', '.join(untrained)} (planned in the main part).*", "")
         absent = [m for m in plan.MAIN_METHODS if m not in runs.setting.methods]
         if absent:
             w.add(f"*Left out of this setting's plan (cost; see `studies/plan.py`): {', '.join(absent)}.*", "")
