@@ -90,7 +90,9 @@ def _finished(argv: list[str]) -> bool:
         return False
     extend = int(argv[argv.index("--lr-grid-extend") + 1]) if "--lr-grid-extend" in argv else 0
     settings = json.loads((out / "results.json").read_text()).get("settings", {})
-    return (settings.get("lr_grid_extend") or 0) >= extend
+    methods = argv[argv.index("--methods") + 1].split(",") if "--methods" in argv else []
+    covered = set(methods) <= set(settings.get("methods") or [])  # a plan that added methods runs again
+    return covered and (settings.get("lr_grid_extend") or 0) >= extend
 
 
 def _claim(folder: Path) -> bool:

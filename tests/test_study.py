@@ -184,6 +184,21 @@ def test_rerunning_reuses_finished_runs(smoke, capsys):
     assert (smoke / "again.md").read_text().split("\n", 3)[3] == (smoke / "RESULTS.md").read_text().split("\n", 3)[3]
 
 
+def test_a_finished_compare_runs_again_when_the_plan_adds_a_method_or_a_grid_extension(tmp_path):
+    from studies.study import _finished
+
+    out = tmp_path / "main"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"settings": {"methods": ["lora", "partial-lora"],
+                                                               "lr_grid_extend": 2}}))
+    argv = ["compare", "--out", str(out), "--lr-grid-extend", "2", "--methods"]
+    assert _finished([*argv, "lora,partial-lora"])
+    assert _finished([*argv, "partial-lora"])
+    assert not _finished([*argv, "lora,partial-lora,uniform"])  # the plan added uniform: resume it
+    assert not _finished(["compare", "--out", str(out), "--lr-grid-extend", "3", "--methods", "lora"])
+    assert not _finished(["compare", "--out", str(tmp_path / "never-run"), "--methods", "lora"])
+
+
 def test_a_part_held_by_a_live_process_is_skipped_and_a_dead_holders_lock_is_taken(tmp_path):
     from studies.study import _claim
 
