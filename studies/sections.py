@@ -44,7 +44,7 @@ def main_table(w: Writer) -> None:
         if untrained and runs.notes.get("main"):
             w.add(f"Not trained: {', '.join(untrained)} ({'; '.join(runs.notes['main'])}).", "")
         elif untrained:
-            w.add(f"*Not trained yet: {', '.join(untrained)} (planned in the main part).*", "")
+            w.not_trained_yet(untrained)
         absent = [m for m in plan.MAIN_METHODS if m not in runs.setting.methods]
         if absent:
             w.add(f"*Left out of this setting's plan (cost; see `studies/plan.py`): {', '.join(absent)}.*", "")

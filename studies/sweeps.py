@@ -31,10 +31,11 @@ def selection_section(w: Writer) -> None:
                 w.add("*Left out of this setting's plan (cost; see `studies/plan.py`): targeted, stochastic.*", "")
             continue
         partial = _partial(evidence)
-        groups = [g for g in [partial, *(evidence.find("main", m) for m in planned)] if g is not None]
-        untrained = [m for m in planned if evidence.find("main", m) is None]
+        found = {m: evidence.find("main", m) for m in planned}
+        groups = [g for g in [partial, *found.values()] if g is not None]
+        untrained = [m for m, g in found.items() if g is None]
         if untrained:
-            w.add(f"*Not trained yet: {', '.join(untrained)} (planned in the main part).*", "")
+            w.not_trained_yet(untrained)
         others = [g for g in groups if g is not partial]
         if not others:
             continue
@@ -62,7 +63,7 @@ def uniform_section(w: Writer) -> None:
                                         folder=g.folder, rank=g.rank)
                 pairs.append((partner, g))
         if not pairs:
-            w.add("*Not trained yet: uniform (planned in the main part).*", "")
+            w.not_trained_yet(["uniform"])
             continue
         pairs.sort(key=lambda pair: -(pair[1].threshold or 0))
         groups = [g for pair in pairs for g in pair if g is not None]

@@ -40,6 +40,10 @@ class Writer:
             self.add(f"### {evidence.runs.setting.title}", "")
             yield name, evidence, evidence.runs
 
+    def not_trained_yet(self, methods: list[str]) -> None:
+        """Say that methods the main part plans have no runs yet (the study is under way)."""
+        self.add(f"*Not trained yet: {', '.join(methods)} (planned in the main part).*", "")
+
     def missing(self, runs: SettingRuns, *parts: str) -> bool:
         """Say which of ``parts`` were not planned, have no results yet, or were cut short.
 
