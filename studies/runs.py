@@ -139,12 +139,13 @@ def _compare_lines(part_folder: Path) -> dict[str, list[str]]:
     for line in command.read_text().splitlines():
         argv = shlex.split(line)[1:]
         if argv[:1] == ["compare"] and "--out" in argv:
-            out = Path(argv[argv.index("--out") + 1])
+            out = Path(command_option(argv, "--out"))
             found["" if out.name == part_folder.name else out.name] = argv
     return found
 
 
-def _option(argv: list[str], name: str, default: str | None = None) -> str | None:
+def command_option(argv: list[str], name: str, default: str | None = None) -> str | None:
+    """The value after ``name`` in a partial-lora command line ``argv``, or ``default``."""
     return argv[argv.index(name) + 1] if name in argv else default
 
 
@@ -234,12 +235,12 @@ def _read_partial(loaded: SettingRuns, part: str, sub: str, out: Path, argv: lis
     longer search no longer keeps: they are left out.
     """
     context = {"task": loaded.setting.dataset, "part": part, "folder": sub,
-               "threshold_mode": _option(argv, "--threshold-mode", "relative"),
-               "budget": int(_option(argv, "--budget")) if _option(argv, "--budget") else None}
-    grid_base = [float(r) for r in _option(argv, "--lr-grid", "").split(",") if r]
-    extend = int(_option(argv, "--lr-grid-extend", "0"))
-    seeds = [int(s) for s in _option(argv, "--seeds", "0").split(",")]
-    search_seeds = seeds[:int(_option(argv, "--lr-grid-seeds", "1"))]
+               "threshold_mode": command_option(argv, "--threshold-mode", "relative"),
+               "budget": int(command_option(argv, "--budget")) if command_option(argv, "--budget") else None}
+    grid_base = [float(r) for r in command_option(argv, "--lr-grid", "").split(",") if r]
+    extend = int(command_option(argv, "--lr-grid-extend", "0"))
+    seeds = [int(s) for s in command_option(argv, "--seeds", "0").split(",")]
+    search_seeds = seeds[:int(command_option(argv, "--lr-grid-seeds", "1"))]
     validation_key = f"validation_{loaded.metric}"
     scored, trials = {}, {}
     for file in sorted((out / "partial").glob("*.json")):

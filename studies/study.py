@@ -26,7 +26,7 @@ from partial_lora.cli import main as partial_lora_main
 
 from . import plan
 from .document import write_document
-from .runs import adapter_budget, load_setting_runs, main_tickets, matched_rank
+from .runs import adapter_budget, command_option, load_setting_runs, main_tickets, matched_rank
 
 DEFAULT_RUNS = Path("runs/study")
 DEFAULT_DOC = Path("docs/RESULTS.md")
@@ -83,14 +83,14 @@ def _finished(argv: list[str]) -> bool:
     A compare finished before ``--lr-grid-extend`` was given is run again with ``--resume``:
     its runs are reused and only the searches that chose an end of the grid train more.
     """
-    out = Path(argv[argv.index("--out") + 1])
+    out = Path(command_option(argv, "--out"))
     if argv[0] != "compare":
         return (out / "ticket.json").is_file()
     if not (out / "results.json").is_file():
         return False
-    extend = int(argv[argv.index("--lr-grid-extend") + 1]) if "--lr-grid-extend" in argv else 0
+    extend = int(command_option(argv, "--lr-grid-extend", "0"))
     settings = json.loads((out / "results.json").read_text()).get("settings", {})
-    methods = argv[argv.index("--methods") + 1].split(",") if "--methods" in argv else []
+    methods = [name for name in command_option(argv, "--methods", "").split(",") if name]
     covered = set(methods) <= set(settings.get("methods") or [])  # a plan that added methods runs again
     return covered and (settings.get("lr_grid_extend") or 0) >= extend
 
