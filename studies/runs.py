@@ -144,6 +144,11 @@ def _compare_lines(part_folder: Path) -> dict[str, list[str]]:
     return found
 
 
+def command_methods(argv: list[str]) -> list[str]:
+    """The methods a compare command line ``argv`` trains (``--methods``)."""
+    return [name for name in command_option(argv, "--methods", "").split(",") if name]
+
+
 def command_option(argv: list[str], name: str, default: str | None = None) -> str | None:
     """The value after ``name`` in a partial-lora command line ``argv``, or ``default``."""
     return argv[argv.index(name) + 1] if name in argv else default
@@ -164,6 +169,14 @@ def _read_compare_part(loaded: SettingRuns, part_folder: Path, part: str) -> Non
             _mark_earlier_test_scores(searches, out, loaded.metric)
             if document.get("notes"):
                 loaded.notes.setdefault(part, []).extend(document["notes"])
+            argv = lines.get(sub, [])
+            added = set(command_methods(argv)) - set(document["settings"].get("methods") or [])
+            if added:  # the plan added methods; their runs so far are in partial/ until the compare ends
+                cut_short = True
+                if (out / "partial").is_dir():
+                    more_rows, more_searches = _read_partial(loaded, part, sub, out, argv)
+                    rows += [row for row in more_rows if row["method"] in added]
+                    searches += [search for search in more_searches if search["method"] in added]
         elif (out / "partial").is_dir():
             cut_short = True
             rows, searches = _read_partial(loaded, part, sub, out, lines.get(sub, []))

@@ -184,6 +184,34 @@ def test_rerunning_reuses_finished_runs(smoke, capsys):
     assert (smoke / "again.md").read_text().split("\n", 3)[3] == (smoke / "RESULTS.md").read_text().split("\n", 3)[3]
 
 
+@pytest.mark.slow
+def test_a_method_the_plan_added_to_a_finished_compare_is_read_from_its_runs_so_far(smoke, tmp_path):
+    """results.json is written when a compare ends; until then an added method's finished runs are
+    in partial/, and the document shows them (the part marked cut short), not 'Not trained yet'."""
+    import shutil
+
+    from studies.runs import load_setting_runs
+
+    runs = tmp_path / "runs"
+    shutil.copytree(smoke / "runs" / "bbc" / "main", runs / "bbc" / "main")
+    results = runs / "bbc" / "main" / "results.json"
+    whole = load_setting_runs(SETTING, smoke / "runs")
+    document = json.loads(results.read_text())
+    document["settings"]["methods"] = [m for m in document["settings"]["methods"] if m != "targeted"]
+    document["results"] = [row for row in document["results"] if row["method"] != "targeted"]
+    document["lr_search"] = [search for search in document["lr_search"] if search["method"] != "targeted"]
+    results.write_text(json.dumps(document))
+
+    loaded = load_setting_runs(SETTING, runs)
+    targeted = sorted((r["seed"], r["test_correct"]) for r in loaded.rows if r["method"] == "targeted")
+    assert targeted and targeted == sorted((r["seed"], r["test_correct"]) for r in whole.select("main")
+                                           if r["method"] == "targeted")
+    assert [s["method"] for s in loaded.searches].count("targeted") == 1
+    assert "main" in loaded.incomplete and "main" not in whole.incomplete
+    assert len([r for r in loaded.rows if r["method"] == "lora"]) == len([r for r in whole.select("main")
+                                                                           if r["method"] == "lora"])
+
+
 def test_a_finished_compare_runs_again_when_the_plan_adds_a_method_or_a_grid_extension(tmp_path):
     from studies.study import _finished
 
