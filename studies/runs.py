@@ -144,9 +144,11 @@ def _compare_lines(part_folder: Path) -> dict[str, list[str]]:
     return found
 
 
-def command_methods(argv: list[str]) -> list[str]:
-    """The methods a compare command line ``argv`` trains (``--methods``)."""
-    return [name for name in command_option(argv, "--methods", "").split(",") if name]
+def methods_added(argv: list[str], settings: dict[str, Any]) -> set[str]:
+    """The methods a compare command line ``argv`` trains (``--methods``) that its finished
+    results (their ``settings``) do not cover: the plan added them after that compare ended."""
+    methods = {name for name in command_option(argv, "--methods", "").split(",") if name}
+    return methods - set(settings.get("methods") or [])
 
 
 def command_option(argv: list[str], name: str, default: str | None = None) -> str | None:
@@ -170,7 +172,7 @@ def _read_compare_part(loaded: SettingRuns, part_folder: Path, part: str) -> Non
             if document.get("notes"):
                 loaded.notes.setdefault(part, []).extend(document["notes"])
             argv = lines.get(sub, [])
-            added = set(command_methods(argv)) - set(document["settings"].get("methods") or [])
+            added = methods_added(argv, document["settings"])
             if added:  # the plan added methods; their runs so far are in partial/ until the compare ends
                 cut_short = True
                 if (out / "partial").is_dir():

@@ -26,7 +26,7 @@ from partial_lora.cli import main as partial_lora_main
 
 from . import plan
 from .document import write_document
-from .runs import adapter_budget, command_methods, command_option, load_setting_runs, main_tickets, matched_rank
+from .runs import adapter_budget, command_option, load_setting_runs, main_tickets, matched_rank, methods_added
 
 DEFAULT_RUNS = Path("runs/study")
 DEFAULT_DOC = Path("docs/RESULTS.md")
@@ -90,8 +90,7 @@ def _finished(argv: list[str]) -> bool:
         return False
     extend = int(command_option(argv, "--lr-grid-extend", "0"))
     settings = json.loads((out / "results.json").read_text()).get("settings", {})
-    methods = command_methods(argv)
-    covered = set(methods) <= set(settings.get("methods") or [])  # a plan that added methods runs again
+    covered = not methods_added(argv, settings)  # a plan that added methods runs again
     return covered and (settings.get("lr_grid_extend") or 0) >= extend
 
 
